@@ -1,0 +1,72 @@
+// Training-step throughput: tokens/s and model GFLOP/s (DESIGN 8 FLOP count), plus sgemm.
+#include "bench/bench_train.h"
+
+#include <cblas.h>
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/timer.h"
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+
+namespace bt {
+
+void bench_train(const BenchTrainOptions& o) {
+  Config cfg = load_config(o.config, o.overrides);
+  BackendOptions bo;
+  bo.device = cfg.train.device;
+  bo.precision = cfg.train.precision;
+  auto be = make_backend(bo);
+  const int B = cfg.train.micro_batch, L = cfg.model.context_length;
+  Model model(cfg.model, *be, B);
+  model.init(cfg.train.seed);
+  AdamW opt(model, cfg.optim);
+  Rng rng(1);
+  std::vector<int32_t> tokens(size_t(B) * L);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng.below(cfg.model.vocab_size));
+  auto step = [&] {
+    model.zero_grads();
+    model.forward(tokens.data(), nullptr, B, true, 1.0 / (double(B) * L));
+    model.backward();
+    opt.step(1e-4);
+    be->synchronize();
+  };
+  for (int i = 0; i < o.warmup; ++i) step();
+  std::vector<double> times;
+  for (int i = 0; i < o.steps; ++i) {
+    Timer t;
+    step();
+    times.push_back(t.seconds());
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  const double tokens_per_s = double(B) * L / med;
+  const double gflops = tokens_per_s * model.flops_per_token() / 1e9;
+  fmt::print("bench train: {} ({}), backend {} [{}], micro batch {} x {} tokens\n", cfg.name, cfg.model.kind,
+             be->name(), dtype_name(be->act_dtype()), B, L);
+  fmt::print("  parameters {:.2f}M (non-embedding {:.2f}M), {:.3f} GFLOP per token (fwd+bwd)\n",
+             model.table().total_params() / 1e6, model.table().non_embedding() / 1e6, model.flops_per_token() / 1e9);
+  fmt::print("  step {:.1f} ms (median of {}, min {:.1f}, max {:.1f}) | {:.0f} tokens/s | {:.1f} GFLOP/s\n", med * 1e3,
+             times.size(), times.front() * 1e3, times.back() * 1e3, tokens_per_s, gflops);
+}
+
+void bench_gemm(int M, int N, int K, int reps) {
+  std::vector<float> a(size_t(M) * K), b(size_t(K) * N), c(size_t(M) * N);
+  Rng r(1);
+  for (auto& x : a) x = float(r.normal());
+  for (auto& x : b) x = float(r.normal());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N);
+  Timer t;
+  for (int i = 0; i < reps; ++i)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N);
+  const double s = t.seconds() / reps;
+  fmt::print("bench gemm: sgemm {}x{}x{}: {:.2f} ms, {:.1f} GFLOP/s (OpenBLAS, {} threads)\n", M, N, K, s * 1e3,
+             2.0 * M * N * K / s / 1e9, openblas_get_num_threads());
+}
+
+}  // namespace bt

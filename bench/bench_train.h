@@ -1,0 +1,19 @@
+// `bt bench train`: the throughput of a training step (forward, backward, AdamW) on random
+// tokens, and `bt bench gemm`: the machine's GEMM throughput to compare it with.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace bt {
+
+struct BenchTrainOptions {
+  std::string config;
+  std::vector<std::string> overrides;
+  int steps = 5;
+  int warmup = 1;
+};
+void bench_train(const BenchTrainOptions& o);
+// sgemm GFLOP/s on square-ish shapes typical of the tiny model (M x K by K x N).
+void bench_gemm(int M, int N, int K, int reps);
+
+}  // namespace bt

@@ -1,0 +1,47 @@
+// Checked errors: every failure becomes a bt::Error carrying a one-line message that names
+// the thing that failed and, where possible, what the user should do. File and line are kept
+// for developers but printed after the message.
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace bt {
+
+class Error : public std::runtime_error {
+ public:
+  Error(const std::string& msg, const char* file, int line)
+      : std::runtime_error(msg), file_(file), line_(line) {}
+  const char* file() const { return file_; }
+  int line() const { return line_; }
+
+ private:
+  const char* file_;
+  int line_;
+};
+
+namespace detail {
+inline void append(std::ostringstream&) {}
+template <class A, class... R>
+void append(std::ostringstream& os, const A& a, const R&... r) {
+  os << a;
+  append(os, r...);
+}
+}  // namespace detail
+
+template <class... A>
+[[noreturn]] void fail_at(const char* file, int line, const A&... parts) {
+  std::ostringstream os;
+  detail::append(os, parts...);
+  throw Error(os.str(), file, line);
+}
+
+}  // namespace bt
+
+// BT_FAIL("shard ", path, ": not an HDF5 file") throws bt::Error.
+#define BT_FAIL(...) ::bt::fail_at(__FILE__, __LINE__, __VA_ARGS__)
+// BT_CHECK(cond, "message parts"...) throws when cond is false.
+#define BT_CHECK(cond, ...)                                                    \
+  do {                                                                         \
+    if (!(cond)) ::bt::fail_at(__FILE__, __LINE__, __VA_ARGS__);               \
+  } while (0)

@@ -1,0 +1,137 @@
+// The op set that the model schedule (model/transformer.cpp, model/model.cpp) is written
+// against. Each backend (model/cpu, model/cuda) implements every op; the schedule itself
+// exists once. Tensors carry their shapes; backends take sizes from them and check them.
+//
+// Conventions, for every backend:
+// - Forward ops overwrite their outputs.
+// - Backward ops ACCUMULATE (+=) into every gradient they produce (input gradients and
+//   parameter gradients alike), so a tensor read by several ops gathers all contributions and
+//   gradient accumulation over micro-batches needs no extra pass. Callers zero gradient
+//   buffers when a new backward pass starts. Optional gradient outputs may be empty (skipped).
+// - Token ids and targets are i32 tensors on the backend's device; target -1 means "ignore".
+// - Layouts: activations are [rows, width] row-major; qkv follows GPT-NeoX: per head,
+//   q | k | v of hd each, i.e. [B, T, H, 3, hd]; q, k, v after the split are [B, H, T, hd].
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace bt {
+
+struct RotaryParams {
+  int rd = 0;           // rotated dims per head (even), rd = int(hd * rotary_pct)
+  double base = 10000;  // inv_freq[i] = base^(-2i/rd)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  // dtype of parameters and activations as the ops see them (f32/f64 on CPU, bf16 or f32 on CUDA).
+  virtual DType act_dtype() const = 0;
+  // dtype of parameter gradients and of the optimizer's master weights and moments.
+  virtual DType grad_dtype() const = 0;
+
+  // ---- memory -----------------------------------------------------------------------------
+  // Allocates from the backend's arena; memory lives as long as the backend. Contents undefined.
+  virtual Tensor alloc(Shape s, DType t) = 0;
+  virtual void zero(Tensor t) = 0;
+  // Host <-> device copies with conversion: src/dst host memory has dtype host_t.
+  virtual void upload(Tensor dst, const void* host, DType host_t) = 0;
+  virtual void download(void* host, DType host_t, Tensor src) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- embeddings ---------------------------------------------------------------------------
+  // out[n, C] = table[tokens[n], :]           tokens [n] i32, table [V, C]
+  virtual void embedding_forward(Tensor out, Tensor tokens, Tensor table) = 0;
+  // dtable[tokens[n], :] += dout[n, :]         deterministic (no float atomics)
+  virtual void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) = 0;
+
+  // ---- LayerNorm over the last dim ------------------------------------------------------------
+  // out [n, C], mean [n], rstd [n] (act dtype, kept for backward), x [n, C], w [C], b [C]
+  virtual void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b,
+                                 double eps) = 0;
+  virtual void layernorm_backward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w,
+                                  Tensor mean, Tensor rstd) = 0;
+
+  // ---- linear: out[n, OC] = inp[n, IC] @ W[OC, IC]^T + bias[OC] (bias may be empty) ----------
+  virtual void matmul_forward(Tensor out, Tensor inp, Tensor W, Tensor bias) = 0;
+  // dinp [n, IC], dW [OC, IC], dbias [OC]; any may be empty.
+  virtual void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) = 0;
+
+  // ---- attention ----------------------------------------------------------------------------
+  // qkv [B, T, H*3*hd] (NeoX per-head layout) -> q, k, v [B, H, T, hd]; rotary on q and k with
+  // positions 0..T-1 on the first rd dims (rotate-half pairing i <-> i + rd/2).
+  virtual void qkv_rotary_forward(Tensor q, Tensor k, Tensor v, Tensor qkv, RotaryParams rope) = 0;
+  virtual void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) = 0;
+  // What attention_forward keeps for backward, per backend: CPU keeps the probabilities
+  // [B, H, T, T]; CUDA keeps the log-sum-exp [B, H, T] (fp32).
+  virtual Shape attention_stats_shape(int64_t B, int64_t H, int64_t T) const = 0;
+  virtual DType attention_stats_dtype() const = 0;
+  // Causal softmax(q k^T / sqrt(hd)) v; out [B, T, H*hd] with heads merged.
+  virtual void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) = 0;
+  virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats,
+                                  Tensor q, Tensor k, Tensor v) = 0;
+
+  // ---- inference with KV caches (infer/) -----------------------------------------------------
+  // qkv [B, T, H*3*hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] (rotary at those
+  // positions) and k, v (rotary on k) written into the caches kc, vc [B, H, Tmax, hd] at pos0 .. .
+  virtual void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) = 0;
+  // out [B, T, H*hd]: query t (absolute position pos0 + t) attends to cache positions
+  // start[b] .. pos0 + t (causal); start [B] i32 masks each sequence's left padding (empty: 0).
+  virtual void attention_cached(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, int64_t pos0) = 0;
+
+  // ---- pointwise ----------------------------------------------------------------------------
+  // Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
+  virtual void gelu_forward(Tensor out, Tensor x) = 0;
+  virtual void gelu_backward(Tensor dx, Tensor dout, Tensor x) = 0;
+  // out = a + b + c (parallel residual); c may be empty.
+  virtual void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) = 0;
+  // dst += src
+  virtual void accumulate(Tensor dst, Tensor src) = 0;
+
+  // ---- Block Transformer glue (DESIGN 2.2) ----------------------------------------------------
+  // Token-decoder rows. prefix [B, N, R*D] (prefix expansion of every block's context
+  // embedding), tok [B, N*LB, D] (token embeddings) -> out [B, N-1, S, D] with S = R + LB - 1:
+  // row (b, i) = [prefix[b, i, 0..R-1], tok[b, (i+1)*LB + 0 .. (i+1)*LB + LB-2]].
+  // The last block's prefix is never used.
+  virtual void td_assemble_forward(Tensor out, Tensor prefix, Tensor tok, int R, int LB) = 0;
+  virtual void td_assemble_backward(Tensor dprefix, Tensor dtok, Tensor dout, int R, int LB) = 0;
+  // h [rows, S, D] -> out [rows, LB, D]: positions R-1 .. S-1 (those that predict t_1..t_LB).
+  virtual void td_select_forward(Tensor out, Tensor h, int R, int LB) = 0;
+  virtual void td_select_backward(Tensor dh, Tensor dout, int R, int LB) = 0;
+
+  // ---- classifier ---------------------------------------------------------------------------
+  // logits [n, V], targets [n] i32 (-1 ignored) -> losses [n] f32 (0 where ignored) and, when
+  // dlogits is not empty, dlogits = dscale * (softmax(logits) - onehot(target)) (overwritten,
+  // 0 in ignored rows). The CUDA kernel may overwrite logits with dlogits in place.
+  virtual void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) = 0;
+
+  // ---- optimizer ----------------------------------------------------------------------------
+  // sum of squares of g (any dtype), accumulated in double on the host side.
+  virtual double sum_squares(Tensor g) = 0;
+  virtual void scale(Tensor t, double s) = 0;
+  // One AdamW step on one parameter tensor. master/m/v are grad_dtype(); param is act_dtype()
+  // and is written from master (on CPU param and master may be the same tensor).
+  // bias corrections: c1 = 1 - beta1^t, c2 = 1 - beta2^t.
+  struct AdamW {
+    double lr, beta1, beta2, eps, weight_decay, c1, c2;
+  };
+  virtual void adamw_update(Tensor param, Tensor master, Tensor grad, Tensor m, Tensor v, const AdamW& h) = 0;
+};
+
+// Backends by name: "cpu" (float), "cpu64" (double, for gradient checks), "cuda" (bf16 or fp32).
+struct BackendOptions {
+  std::string device = "cpu";  // cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 | fp64 (cpu only)
+  int cuda_device = 0;
+};
+std::unique_ptr<Backend> make_backend(const BackendOptions& o);
+bool cuda_available();  // any error from the runtime means "no GPU"
+
+}  // namespace bt

@@ -1,0 +1,111 @@
+// The experiment config (DESIGN 7): one YAML file per experiment, `section.key=value`
+// overrides, strict validation. Every field has the default shown in DESIGN 7's example where
+// one exists; a config file only has to name what differs.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bt {
+
+struct DecoderConfig {
+  int layers = 0;
+  int dim = 0;
+  int heads = 0;
+  int ffn_dim = 0;        // 4 * dim when 0 in the file
+  int prefix_length = 0;  // token decoder only: R
+
+  friend bool operator==(const DecoderConfig&, const DecoderConfig&) = default;
+};
+
+struct ModelConfig {
+  std::string kind = "block";  // block | vanilla
+  int vocab_size = 50304;      // V
+  int context_length = 2048;   // L
+  int block_length = 4;        // L_B (block only)
+  std::string embedder_kind = "lookup";
+  int embedder_dim = 0;        // D_B / L_B (block only)
+  DecoderConfig block_decoder; // block only
+  DecoderConfig token_decoder; // block only
+  DecoderConfig decoder;       // vanilla only
+  double rotary_pct = 0.25;
+  double rotary_base = 10000;
+  double layernorm_eps = 1e-5;
+  double init_std = 0.02;
+
+  bool is_block() const { return kind == "block"; }
+  int num_blocks() const { return context_length / block_length; }  // N
+
+  friend bool operator==(const ModelConfig&, const ModelConfig&) = default;
+};
+
+struct DataConfig {
+  std::string train;  // glob of shards
+  std::string val;    // glob of shards (may be empty: no validation)
+  bool random_pad_first_block = false;
+  bool pad_to_block_boundary = false;
+  std::string synthetic;  // when train is empty: a synthetic stream (tests),
+                          // "repeat:<period>[:<tokens>]" or "random[:<tokens>]" (data/token_stream.h)
+
+  friend bool operator==(const DataConfig&, const DataConfig&) = default;
+};
+
+struct OptimConfig {
+  double lr = 6e-4;
+  double min_lr_ratio = 0.1;
+  int warmup_steps = 3000;
+  std::string schedule = "cosine";  // cosine | constant
+  double beta1 = 0.9, beta2 = 0.95;  // `betas: [b1, b2]` in YAML
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  std::string decay = "all";  // all | matrices
+  double grad_clip = 1.0;     // 0 disables clipping
+
+  friend bool operator==(const OptimConfig&, const OptimConfig&) = default;
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int global_batch = 256;
+  int micro_batch = 8;
+  std::string device = "auto";     // auto | cpu | cuda
+  std::string precision = "bf16";  // bf16 | fp32 (CPU always computes in fp32)
+  int zero = 0;                    // 0 | 1
+  uint64_t seed = 1234;
+  int log_every = 10;
+  int eval_every = 1000;
+  int eval_batches = 50;
+  int checkpoint_every = 10000;
+  int keep_checkpoints = 3;
+  std::string out_dir = "runs/default";
+  bool deterministic = false;
+
+  friend bool operator==(const TrainConfig&, const TrainConfig&) = default;
+};
+
+struct Config {
+  std::string name = "default";
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  TrainConfig train;
+  std::string source;  // the file it was loaded from ("" when built in code)
+
+  // Field-wise, `source` included (compare to_yaml texts to ignore where a config came from).
+  friend bool operator==(const Config&, const Config&) = default;
+};
+
+// Loads a YAML file, applies `section.key=value` overrides in order, validates. Any problem is
+// a bt::Error with a one-line message naming the key (and, for file values, the file and line).
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Parses YAML text (path is used in messages only).
+Config parse_config(const std::string& yaml_text, const std::string& path,
+                    const std::vector<std::string>& overrides = {});
+// Checks the invariants (DESIGN 7) that do not depend on the number of ranks.
+void validate(const Config& c);
+// The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
+std::string to_yaml(const Config& c);
+// A stable hash of the resolved config (of to_yaml), for rank agreement and checkpoints.
+uint64_t config_hash(const Config& c);
+
+}  // namespace bt

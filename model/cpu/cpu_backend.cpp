@@ -1,0 +1,228 @@
+// CpuBackend<T>: forwards each op of model/backend.h to the templated reference ops of
+// model/cpu/ops.h after checking the tensors' shapes. Memory is plain host memory owned by the
+// backend (a list of aligned blocks that lives as long as the backend).
+#include "model/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "model/cpu/ops.h"
+
+namespace bt {
+namespace {
+
+void free_block(void* p) { std::free(p); }
+
+template <class T>
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return dtype_of<T>() == DType::f64 ? "cpu64" : "cpu"; }
+  Device device() const override { return Device::cpu; }
+  DType act_dtype() const override { return dtype_of<T>(); }
+  DType grad_dtype() const override { return dtype_of<T>(); }
+
+  Tensor alloc(Shape s, DType t) override {
+    size_t bytes = s.numel() * dtype_size(t);
+    size_t rounded = ((bytes + 63) / 64) * 64;
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    BT_CHECK(p != nullptr, "out of host memory allocating ", bytes, " bytes for a tensor ", s.str());
+    blocks_.emplace_back(p, &free_block);
+    return Tensor(p, s, t, Device::cpu);
+  }
+  void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
+  void upload(Tensor dst, const void* host, DType host_t) override { convert(dst.data, dst.dtype, host, host_t, dst.numel()); }
+  void download(void* host, DType host_t, Tensor src) override { convert(host, host_t, src.data, src.dtype, src.numel()); }
+  void synchronize() override {}
+
+  void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
+    const int C = static_cast<int>(table.dim(1));
+    BT_CHECK(out.numel() == tokens.numel() * static_cast<size_t>(C), "embedding_forward: out ", out.shape.str(),
+             " does not hold ", tokens.numel(), " rows of ", C);
+    cpu::embedding_forward(p(out), tokens.ptr<int32_t>(), p(table), tokens.numel(), C);
+  }
+  void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) override {
+    const int C = static_cast<int>(dtable.dim(1));
+    BT_CHECK(dout.numel() == tokens.numel() * static_cast<size_t>(C), "embedding_backward: shapes");
+    cpu::embedding_backward(p(dtable), p(dout), tokens.ptr<int32_t>(), tokens.numel(), C);
+  }
+
+  void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, double eps) override {
+    const int C = static_cast<int>(x.dim(-1));
+    BT_CHECK(w.numel() == static_cast<size_t>(C) && out.numel() == x.numel() && mean.numel() == x.rows(),
+             "layernorm_forward: shapes x ", x.shape.str(), " w ", w.shape.str());
+    cpu::layernorm_forward(p(out), p(mean), p(rstd), p(x), p(w), p(b), x.rows(), C, eps);
+  }
+  void layernorm_backward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
+                          Tensor rstd) override {
+    cpu::layernorm_backward(p(dx), p(dw), p(db), p(dout), p(x), p(w), p(mean), p(rstd), x.rows(),
+                            static_cast<int>(x.dim(-1)));
+  }
+
+  void matmul_forward(Tensor out, Tensor inp, Tensor W, Tensor bias) override {
+    const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
+    BT_CHECK(inp.dim(-1) == IC && out.dim(-1) == OC && out.rows() == inp.rows(), "matmul_forward: inp ",
+             inp.shape.str(), " W ", W.shape.str(), " out ", out.shape.str());
+    cpu::matmul_forward(p(out), p(inp), p(W), p(bias), inp.rows(), IC, OC);
+  }
+  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) override {
+    const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
+    BT_CHECK(dout.dim(-1) == OC && dout.rows() == inp.rows(), "matmul_backward: dout ", dout.shape.str(), " W ",
+             W.shape.str());
+    cpu::matmul_backward(p(dinp), p(dW), p(dbias), p(dout), p(inp), p(W), inp.rows(), IC, OC);
+  }
+
+  void qkv_rotary_forward(Tensor q, Tensor k, Tensor v, Tensor qkv, RotaryParams rope) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    BT_CHECK(qkv.numel() == 3 * q.numel(), "qkv_rotary_forward: qkv ", qkv.shape.str(), " q ", q.shape.str());
+    cpu::qkv_rotary_forward(p(q), p(k), p(v), p(qkv), B, (int)Tn, (int)H, (int)hd, rope.rd, rope.base);
+  }
+  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) override {
+    const auto B = dq.dim(0), H = dq.dim(1), Tn = dq.dim(2), hd = dq.dim(3);
+    cpu::qkv_rotary_backward(p(dqkv), p(dq), p(dk), p(dv), B, (int)Tn, (int)H, (int)hd, rope.rd, rope.base);
+  }
+  Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn, Tn}; }
+  DType attention_stats_dtype() const override { return dtype_of<T>(); }
+  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    BT_CHECK(out.numel() == q.numel() && stats.numel() == (size_t)(B * H * Tn * Tn), "attention_forward: shapes");
+    cpu::attention_forward(p(out), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
+  }
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
+                          Tensor k, Tensor v) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    cpu::attention_backward(p(dq), p(dk), p(dv), p(dout), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
+  }
+
+  void qkv_rotary_cache(Tensor, Tensor, Tensor, Tensor, int64_t, RotaryParams) override {
+    BT_FAIL("qkv_rotary_cache: not implemented on the CPU yet");
+  }
+  void attention_cached(Tensor, Tensor, Tensor, Tensor, Tensor, int64_t) override {
+    BT_FAIL("attention_cached: not implemented on the CPU yet");
+  }
+
+  void gelu_forward(Tensor out, Tensor x) override { cpu::gelu_forward(p(out), p(x), x.numel()); }
+  void gelu_backward(Tensor dx, Tensor dout, Tensor x) override { cpu::gelu_backward(p(dx), p(dout), p(x), x.numel()); }
+  void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) override {
+    BT_CHECK(a.numel() == out.numel() && b.numel() == out.numel() && (c.empty() || c.numel() == out.numel()),
+             "add_forward: shapes");
+    cpu::add_forward(p(out), p(a), p(b), p(c), out.numel());
+  }
+  void accumulate(Tensor dst, Tensor src) override {
+    BT_CHECK(dst.numel() == src.numel(), "accumulate: ", dst.shape.str(), " += ", src.shape.str());
+    cpu::accumulate(p(dst), p(src), dst.numel());
+  }
+
+  void td_assemble_forward(Tensor out, Tensor prefix, Tensor tok, int R, int LB) override {
+    const auto B = prefix.dim(0), N = prefix.dim(1), D = tok.dim(-1);
+    BT_CHECK(out.numel() == (size_t)(B * (N - 1) * (R + LB - 1) * D), "td_assemble_forward: out ", out.shape.str());
+    cpu::td_assemble_forward(p(out), p(prefix), p(tok), B, (int)N, R, LB, (int)D);
+  }
+  void td_assemble_backward(Tensor dprefix, Tensor dtok, Tensor dout, int R, int LB) override {
+    const auto B = dprefix.dim(0), N = dprefix.dim(1), D = dtok.dim(-1);
+    cpu::td_assemble_backward(p(dprefix), p(dtok), p(dout), B, (int)N, R, LB, (int)D);
+  }
+  void td_select_forward(Tensor out, Tensor h, int R, int LB) override {
+    const auto D = h.dim(-1);
+    const size_t rows = h.numel() / static_cast<size_t>((R + LB - 1) * D);
+    cpu::td_select_forward(p(out), p(h), rows, R, LB, (int)D);
+  }
+  void td_select_backward(Tensor dh, Tensor dout, int R, int LB) override {
+    const auto D = dh.dim(-1);
+    const size_t rows = dh.numel() / static_cast<size_t>((R + LB - 1) * D);
+    cpu::td_select_backward(p(dh), p(dout), rows, R, LB, (int)D);
+  }
+
+  void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) override {
+    const int V = static_cast<int>(logits.dim(-1));
+    BT_CHECK(targets.numel() == logits.rows() && losses.numel() == logits.rows(), "cross_entropy: logits ",
+             logits.shape.str(), " targets ", targets.shape.str());
+    cpu::cross_entropy(losses.ptr<float>(), p(dlogits), p(logits), targets.ptr<int32_t>(), logits.rows(), V, dscale);
+  }
+
+  double sum_squares(Tensor g) override {
+    const T* x = p(g);
+    const size_t n = g.numel();
+    double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+    for (size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return s;
+  }
+  void scale(Tensor t, double s) override {
+    T* x = p(t);
+    const size_t n = t.numel();
+    const T ts = static_cast<T>(s);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) x[i] *= ts;
+  }
+  void adamw_update(Tensor param, Tensor master, Tensor grad, Tensor m, Tensor v, const AdamW& h) override {
+    // Decoupled weight decay (Loshchilov & Hutter): w -= lr * (mhat / (sqrt(vhat) + eps) + wd * w).
+    T* w = p(master.empty() ? param : master);
+    T* out = p(param);
+    const T* g = p(grad);
+    T* mm = p(m);
+    T* vv = p(v);
+    const size_t n = param.numel();
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const double gi = g[i];
+      const double mi = h.beta1 * mm[i] + (1 - h.beta1) * gi;
+      const double vi = h.beta2 * vv[i] + (1 - h.beta2) * gi * gi;
+      mm[i] = static_cast<T>(mi);
+      vv[i] = static_cast<T>(vi);
+      const double mhat = mi / h.c1, vhat = vi / h.c2;
+      const double wi = w[i];
+      const double upd = wi - h.lr * (mhat / (std::sqrt(vhat) + h.eps) + h.weight_decay * wi);
+      w[i] = static_cast<T>(upd);
+      out[i] = w[i];
+    }
+  }
+
+ private:
+  static T* p(const Tensor& t) {
+    if (t.empty()) return nullptr;
+    BT_CHECK(t.device == Device::cpu, "cpu backend given a tensor on another device");
+    return t.ptr<T>();
+  }
+  static void convert(void* dst, DType dt, const void* src, DType st, size_t n) {
+    if (dt == st) {
+      std::memcpy(dst, src, n * dtype_size(dt));
+      return;
+    }
+    auto rd = [&](size_t i) -> double {
+      switch (st) {
+        case DType::f32: return static_cast<const float*>(src)[i];
+        case DType::f64: return static_cast<const double*>(src)[i];
+        case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(src)[i]);
+        case DType::i32: return static_cast<const int32_t*>(src)[i];
+        case DType::u16: return static_cast<const uint16_t*>(src)[i];
+        case DType::u8: return static_cast<const uint8_t*>(src)[i];
+      }
+      return 0;
+    };
+    for (size_t i = 0; i < n; ++i) {
+      const double x = rd(i);
+      switch (dt) {
+        case DType::f32: static_cast<float*>(dst)[i] = static_cast<float>(x); break;
+        case DType::f64: static_cast<double*>(dst)[i] = x; break;
+        case DType::bf16: static_cast<uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(x)); break;
+        case DType::i32: static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(x); break;
+        case DType::u16: static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(x); break;
+        case DType::u8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(x); break;
+      }
+    }
+  }
+
+  std::vector<std::unique_ptr<void, void (*)(void*)>> blocks_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(DType dtype) {
+  if (dtype == DType::f64) return std::make_unique<CpuBackend<double>>();
+  BT_CHECK(dtype == DType::f32, "the CPU backend computes in f32 or f64, not ", dtype_name(dtype));
+  return std::make_unique<CpuBackend<float>>();
+}
+
+}  // namespace bt

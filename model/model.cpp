@@ -1,0 +1,268 @@
+// Model schedule: the Block Transformer and the vanilla model, forward and backward, over the
+// ops of model/backend.h (one schedule, any backend).
+#include "model/model.h"
+
+#include <cmath>
+
+namespace bt {
+
+void LossStats::add(const LossStats& o) {
+  loss_sum += o.loss_sum;
+  targets += o.targets;
+  if (pos_sum.size() < o.pos_sum.size()) {
+    pos_sum.resize(o.pos_sum.size(), 0.0);
+    pos_count.resize(o.pos_count.size(), 0);
+  }
+  for (size_t i = 0; i < o.pos_sum.size(); ++i) {
+    pos_sum[i] += o.pos_sum[i];
+    pos_count[i] += o.pos_count[i];
+  }
+}
+
+Model::Model(const ModelConfig& cfg, Backend& be, int max_batch)
+    : cfg_(cfg), be_(be), table_(cfg), max_B_(max_batch) {
+  BT_CHECK(max_batch >= 1, "model: micro batch must be >= 1");
+  params_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.act_dtype());
+  grads_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.grad_dtype());
+  be_.zero(params_);
+  be_.zero(grads_);
+  const int64_t B = max_batch, L = cfg.context_length, V = cfg.vocab_size;
+  const DType a = be_.act_dtype();
+  tokens_ = be_.alloc({B, L}, DType::i32);
+  int64_t rows = 0;
+  if (cfg.is_block()) {
+    const int64_t LB = cfg.block_length, N = cfg.num_blocks();
+    BT_CHECK(N >= 2, "model.context_length (", L, ") must hold at least 2 blocks of model.block_length (", LB, ")");
+    const int64_t DB = cfg.block_decoder.dim, DT = cfg.token_decoder.dim, R = cfg.token_decoder.prefix_length;
+    const int64_t S = R + LB - 1, rows_td = B * (N - 1);
+    rows = rows_td * LB;
+    block_dec_ = std::make_unique<TransformerStack>(
+        be_, StackDims::from(cfg.block_decoder, cfg),
+        stack_views(table_, params_, "block_decoder.gpt_neox.", cfg.block_decoder.layers),
+        stack_views(table_, grads_, "block_decoder.gpt_neox.", cfg.block_decoder.layers));
+    token_dec_ = std::make_unique<TransformerStack>(
+        be_, StackDims::from(cfg.token_decoder, cfg),
+        stack_views(table_, params_, "token_decoder.gpt_neox.", cfg.token_decoder.layers),
+        stack_views(table_, grads_, "token_decoder.gpt_neox.", cfg.token_decoder.layers));
+    block_dec_->reserve(B, N);
+    token_dec_->reserve(rows_td, S);
+    emb_b_ = be_.alloc({B, N, DB}, a);
+    prefix_ = be_.alloc({B, N, R * DT}, a);
+    tok_emb_ = be_.alloc({B, L, DT}, a);
+    td_in_ = be_.alloc({rows_td, S, DT}, a);
+    td_sel_ = be_.alloc({rows, DT}, a);
+    d_sel_ = be_.alloc({rows, DT}, a);
+    d_td_out_ = be_.alloc({rows_td, S, DT}, a);
+    d_td_in_ = be_.alloc({rows_td, S, DT}, a);
+    d_prefix_ = be_.alloc({B, N, R * DT}, a);
+    d_tok_emb_ = be_.alloc({B, L, DT}, a);
+    d_ctx_ = be_.alloc({B, N, DB}, a);
+    d_emb_b_ = be_.alloc({B, N, DB}, a);
+  } else {
+    const int64_t D = cfg.decoder.dim;
+    rows = B * L;
+    dec_ = std::make_unique<TransformerStack>(be_, StackDims::from(cfg.decoder, cfg),
+                                              stack_views(table_, params_, "gpt_neox.", cfg.decoder.layers),
+                                              stack_views(table_, grads_, "gpt_neox.", cfg.decoder.layers));
+    dec_->reserve(B, L);
+    emb_ = be_.alloc({B, L, D}, a);
+    d_emb_b_ = be_.alloc({B, L, D}, a);  // gradient of the token embeddings
+    d_sel_ = be_.alloc({rows, D}, a);    // gradient of the decoder output
+  }
+  targets_ = be_.alloc({rows}, DType::i32);
+  logits_ = be_.alloc({rows, V}, a);
+  dlogits_ = be_.alloc({rows, V}, a);
+  losses_ = be_.alloc({rows}, DType::f32);
+}
+
+void Model::init(uint64_t seed) {
+  std::vector<double> w = init_params(table_, seed);
+  be_.upload(params_, w.data(), DType::f64);
+}
+
+void Model::set_params(const void* host, DType t) { be_.upload(params_, host, t); }
+void Model::get_params(void* host, DType t) { be_.download(host, t, params_); }
+void Model::zero_grads() { be_.zero(grads_); }
+
+Tensor Model::logits_rows(int B) const {
+  const int64_t rows = cfg_.is_block() ? int64_t(B) * (cfg_.num_blocks() - 1) * cfg_.block_length
+                                       : int64_t(B) * cfg_.context_length;
+  return Tensor(logits_.data, {rows, cfg_.vocab_size}, logits_.dtype, logits_.device);
+}
+
+int64_t Model::logit_row(int b, int p) const {
+  if (cfg_.is_block()) {
+    const int LB = cfg_.block_length, N = cfg_.num_blocks();
+    BT_CHECK(p >= LB && p < cfg_.context_length, "block model: position ", p, " is not a target");
+    return (int64_t(b) * (N - 1) + (p / LB - 1)) * LB + p % LB;
+  }
+  BT_CHECK(p >= 1 && p < cfg_.context_length, "vanilla model: position ", p, " is not a target");
+  return int64_t(b) * cfg_.context_length + (p - 1);
+}
+
+void Model::build_targets(const int32_t* tokens, const uint8_t* mask, int B) {
+  const int L = cfg_.context_length;
+  if (cfg_.is_block()) {
+    const int LB = cfg_.block_length, N = cfg_.num_blocks();
+    h_targets_.assign(size_t(B) * (N - 1) * LB, -1);
+    for (int b = 0; b < B; ++b)
+      for (int p = LB; p < L; ++p) {
+        const size_t src = size_t(b) * L + p;
+        if (!mask || mask[src]) h_targets_[logit_row(b, p)] = tokens[src];
+      }
+  } else {
+    h_targets_.assign(size_t(B) * L, -1);
+    for (int b = 0; b < B; ++b)
+      for (int p = 1; p < L; ++p) {
+        const size_t src = size_t(b) * L + p;
+        if (!mask || mask[src]) h_targets_[logit_row(b, p)] = tokens[src];
+      }
+  }
+}
+
+LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad, double dscale) {
+  BT_CHECK(B >= 1 && B <= max_B_, "model: batch of ", B, " sequences exceeds the micro batch ", max_B_,
+           " the model was sized for");
+  const int64_t L = cfg_.context_length, V = cfg_.vocab_size;
+  for (int64_t i = 0; i < int64_t(B) * L; ++i)
+    BT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " at position ", i % L, " of sequence ",
+             i / L, " is out of range for model.vocab_size ", V, " (was the data prepared with another tokenizer?)");
+  last_B_ = B;
+  have_grad_ = with_grad;
+  Tensor tok(tokens_.data, {int64_t(B) * L}, DType::i32, tokens_.device);
+  be_.upload(tok, tokens, DType::i32);
+  build_targets(tokens, mask, B);
+  Tensor tgt(targets_.data, {int64_t(h_targets_.size())}, DType::i32, targets_.device);
+  be_.upload(tgt, h_targets_.data(), DType::i32);
+
+  Tensor sel;  // [rows, D] the hidden states that the head turns into logits
+  Tensor head;
+  if (cfg_.is_block()) {
+    const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
+    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length, S = R + LB - 1;
+    const int64_t rows_td = int64_t(B) * (N - 1);
+    // 1. lookup embedder: L_B token vectors of width D_B/L_B concatenated per block
+    Tensor emb_b(emb_b_.data, {int64_t(B) * L, DB / LB}, emb_b_.dtype, emb_b_.device);
+    be_.embedding_forward(emb_b, tok, param("embedder.embeddings.weight"));
+    // 2. block decoder over N block embeddings
+    ctx_ = block_dec_->forward(emb_b.view({B, N, DB}), B, N);  // [B, N, D_B]
+    // 3. prefix expansion of every context embedding (the last block's is unused)
+    Tensor prefix(prefix_.data, {int64_t(B) * N, R * DT}, prefix_.dtype, prefix_.device);
+    be_.matmul_forward(prefix, ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"),
+                       param("token_decoder.expansion_layer.bias"));
+    // 4. token decoder rows [P_1..P_R, e(t_1)..e(t_{L_B-1})] for target blocks 1..N-1
+    Tensor tok_emb(tok_emb_.data, {int64_t(B) * L, DT}, tok_emb_.dtype, tok_emb_.device);
+    be_.embedding_forward(tok_emb, tok, param("token_decoder.gpt_neox.embed_in.weight"));
+    Tensor td_in(td_in_.data, {rows_td, S, DT}, td_in_.dtype, td_in_.device);
+    be_.td_assemble_forward(td_in, prefix.view({B, N, R * DT}), tok_emb.view({B, L, DT}), int(R), int(LB));
+    td_out_ = token_dec_->forward(td_in, rows_td, S);
+    sel = Tensor(td_sel_.data, {rows_td * LB, DT}, td_sel_.dtype, td_sel_.device);
+    be_.td_select_forward(sel, td_out_, int(R), int(LB));
+    head = param("token_decoder.embed_out.weight");
+  } else {
+    const int64_t D = cfg_.decoder.dim;
+    Tensor emb(emb_.data, {int64_t(B) * L, D}, emb_.dtype, emb_.device);
+    be_.embedding_forward(emb, tok, param("gpt_neox.embed_in.weight"));
+    dec_out_ = dec_->forward(emb.view({B, L, D}), B, L);
+    sel = dec_out_.view({int64_t(B) * L, D});
+    head = param("embed_out.weight");
+  }
+  Tensor logits = logits_rows(B);
+  be_.matmul_forward(logits, sel, head, Tensor());
+  Tensor losses(losses_.data, {logits.dim(0)}, DType::f32, losses_.device);
+  Tensor dlogits = with_grad ? Tensor(dlogits_.data, logits.shape, dlogits_.dtype, dlogits_.device) : Tensor();
+  be_.cross_entropy(losses, dlogits, logits, tgt, dscale);
+
+  h_losses_.resize(losses.numel());
+  be_.download(h_losses_.data(), DType::f32, losses);
+  LossStats st;
+  const int P = cfg_.is_block() ? cfg_.block_length : 1;
+  st.pos_sum.assign(P, 0.0);
+  st.pos_count.assign(P, 0);
+  for (size_t r = 0; r < h_losses_.size(); ++r) {
+    if (h_targets_[r] < 0) continue;
+    st.loss_sum += h_losses_[r];
+    st.targets += 1;
+    st.pos_sum[r % P] += h_losses_[r];
+    st.pos_count[r % P] += 1;
+  }
+  return st;
+}
+
+void Model::backward() {
+  BT_CHECK(have_grad_, "model: backward() needs a forward with gradients first");
+  have_grad_ = false;
+  const int B = last_B_;
+  const int64_t L = cfg_.context_length;
+  Tensor tok(tokens_.data, {int64_t(B) * L}, DType::i32, tokens_.device);
+  Tensor logits = logits_rows(B);
+  Tensor dlogits(dlogits_.data, logits.shape, dlogits_.dtype, dlogits_.device);
+  if (cfg_.is_block()) {
+    const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
+    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length, S = R + LB - 1;
+    const int64_t rows_td = int64_t(B) * (N - 1);
+    Tensor sel(td_sel_.data, {rows_td * LB, DT}, td_sel_.dtype, td_sel_.device);
+    Tensor d_sel(d_sel_.data, sel.shape, d_sel_.dtype, d_sel_.device);
+    be_.zero(d_sel);
+    be_.matmul_backward(d_sel, grad("token_decoder.embed_out.weight"), Tensor(), dlogits, sel,
+                        param("token_decoder.embed_out.weight"));
+    Tensor d_td_out(d_td_out_.data, {rows_td, S, DT}, d_td_out_.dtype, d_td_out_.device);
+    be_.zero(d_td_out);
+    be_.td_select_backward(d_td_out, d_sel, int(R), int(LB));
+    Tensor d_td_in(d_td_in_.data, {rows_td, S, DT}, d_td_in_.dtype, d_td_in_.device);
+    be_.zero(d_td_in);
+    token_dec_->backward(d_td_out, d_td_in);
+    Tensor d_prefix(d_prefix_.data, {B, N, R * DT}, d_prefix_.dtype, d_prefix_.device);
+    Tensor d_tok(d_tok_emb_.data, {B, L, DT}, d_tok_emb_.dtype, d_tok_emb_.device);
+    be_.zero(d_prefix);
+    be_.zero(d_tok);
+    be_.td_assemble_backward(d_prefix, d_tok, d_td_in, int(R), int(LB));
+    be_.embedding_backward(grad("token_decoder.gpt_neox.embed_in.weight"), d_tok.view({int64_t(B) * L, DT}), tok);
+    Tensor d_ctx(d_ctx_.data, {int64_t(B) * N, DB}, d_ctx_.dtype, d_ctx_.device);
+    be_.zero(d_ctx);
+    be_.matmul_backward(d_ctx, grad("token_decoder.expansion_layer.weight"),
+                        grad("token_decoder.expansion_layer.bias"), d_prefix.view({int64_t(B) * N, R * DT}),
+                        ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"));
+    Tensor d_emb(d_emb_b_.data, {B, N, DB}, d_emb_b_.dtype, d_emb_b_.device);
+    be_.zero(d_emb);
+    block_dec_->backward(d_ctx.view({B, N, DB}), d_emb);
+    be_.embedding_backward(grad("embedder.embeddings.weight"), d_emb.view({int64_t(B) * L, DB / LB}), tok);
+  } else {
+    const int64_t D = cfg_.decoder.dim;
+    Tensor out = dec_out_.view({int64_t(B) * L, D});
+    Tensor d_out(d_sel_.data, {int64_t(B) * L, D}, d_sel_.dtype, d_sel_.device);
+    be_.zero(d_out);
+    be_.matmul_backward(d_out, grad("embed_out.weight"), Tensor(), dlogits, out, param("embed_out.weight"));
+    Tensor d_emb(d_emb_b_.data, {B, L, D}, d_emb_b_.dtype, d_emb_b_.device);
+    be_.zero(d_emb);
+    dec_->backward(d_out.view({B, L, D}), d_emb);
+    be_.embedding_backward(grad("gpt_neox.embed_in.weight"), d_emb.view({int64_t(B) * L, D}), tok);
+  }
+}
+
+double Model::flops_per_token() const {
+  // Forward FLOPs of one window, x3 for forward + backward, per token of the window.
+  auto stack = [&](const DecoderConfig& d, double positions, double seq) {
+    const double D = d.dim, F = d.ffn_dim;
+    const double mm = d.layers * (4.0 * D * D + 2.0 * D * F);  // QKV + dense + MLP weights
+    const double attn = d.layers * 4.0 * seq * D;              // QK^T and AV per position
+    return 2.0 * mm * positions + attn * positions;
+  };
+  const double L = cfg_.context_length, V = cfg_.vocab_size;
+  double fwd = 0;
+  if (cfg_.is_block()) {
+    const double LB = cfg_.block_length, N = cfg_.num_blocks();
+    const double DB = cfg_.block_decoder.dim, DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
+    const double S = R + LB - 1;
+    fwd += stack(cfg_.block_decoder, N, N);
+    fwd += 2.0 * DB * R * DT * N;                   // prefix expansion
+    fwd += stack(cfg_.token_decoder, (N - 1) * S, S);
+    fwd += 2.0 * V * DT * (N - 1) * LB;             // head
+  } else {
+    fwd += stack(cfg_.decoder, L, L);
+    fwd += 2.0 * V * cfg_.decoder.dim * L;
+  }
+  return 3.0 * fwd / L;
+}
+
+}  // namespace bt

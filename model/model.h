@@ -1,0 +1,95 @@
+// The models: the Block Transformer (DESIGN 2.2: lookup embedder, block decoder, prefix
+// expansion, token decoder) and the vanilla GPT-NeoX baseline, as one schedule of backend ops.
+// Parameters and gradients live in two flat buffers laid out by the ParamTable.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "model/transformer.h"
+
+namespace bt {
+
+struct LossStats {
+  double loss_sum = 0;            // sum of per-target cross-entropy (nats)
+  int64_t targets = 0;            // number of non-pad targets
+  std::vector<double> pos_sum;    // [L_B] (block) or [1] (vanilla): loss sum per position in block
+  std::vector<int64_t> pos_count; // [L_B] or [1]
+  void add(const LossStats& o);
+  double mean() const { return targets ? loss_sum / static_cast<double>(targets) : 0.0; }
+};
+
+class Model {
+ public:
+  // max_batch: the largest micro-batch (sequences of context_length tokens) forward will see.
+  Model(const ModelConfig& cfg, Backend& be, int max_batch);
+  const ModelConfig& config() const { return cfg_; }
+  const ParamTable& table() const { return table_; }
+  Backend& backend() { return be_; }
+  Tensor params() const { return params_; }  // [total] act dtype
+  Tensor grads() const { return grads_; }    // [total] grad dtype
+  Tensor param(const std::string& name) const { return param_view(table_, params_, name); }
+  Tensor grad(const std::string& name) const { return param_view(table_, grads_, name); }
+
+  // DESIGN 2.1 init from a seed (same values on every backend and every rank).
+  void init(uint64_t seed);
+  // Upload / download all parameters as a host array of `total()` values (f32 or f64).
+  void set_params(const void* host, DType t);
+  void get_params(void* host, DType t);
+
+  // Runs the model on B windows of L tokens. tokens [B, L]; mask [B, L] (1 = real token, 0 = pad;
+  // null = all real). Pads are inputs but never targets. With backward, also computes
+  // d(dscale * loss_sum)/dlogits, ready for backward().
+  LossStats forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad = false, double dscale = 1.0);
+  // Accumulates d(dscale * loss_sum)/dparams into grads() (call zero_grads() first).
+  void backward();
+  void zero_grads();
+
+  // Logits of the last forward: [B*(N-1)*L_B, V] (block: rows b, target block i=1..N-1, position
+  // j) or [B*L, V] (vanilla). Valid only after a forward without gradient.
+  Tensor logits() const { return logits_rows(last_B_); }
+  // Row of logits that predicts token position p of window b (p >= L_B for block, >= 1 vanilla).
+  int64_t logit_row(int b, int p) const;
+
+  // Model FLOPs per trained token (forward + backward), DESIGN 8: 6 x matmul params + attention.
+  double flops_per_token() const;
+
+ private:
+  Tensor logits_rows(int B) const;
+  void build_targets(const int32_t* tokens, const uint8_t* mask, int B);
+
+  ModelConfig cfg_;
+  Backend& be_;
+  ParamTable table_;
+  int max_B_;
+  int last_B_ = 0;
+  bool have_grad_ = false;
+  Tensor params_, grads_;
+  std::unique_ptr<TransformerStack> block_dec_, token_dec_, dec_;
+
+  // inputs
+  Tensor tokens_;   // [B, L] i32
+  Tensor targets_;  // [rows] i32 (-1 ignored)
+  std::vector<int32_t> h_targets_;
+  // block model activations
+  Tensor emb_b_;    // [B, N, D_B] block embeddings (lookup-concat)
+  Tensor prefix_;   // [B, N, R*D_T] prefix expansion of every context embedding
+  Tensor tok_emb_;  // [B, L, D_T] token-decoder token embeddings
+  Tensor td_in_;    // [B*(N-1), S, D_T] token-decoder rows
+  Tensor td_sel_;   // [B*(N-1)*L_B, D_T] outputs that predict tokens
+  Tensor ctx_;      // view of block decoder output [B, N, D_B]
+  Tensor td_out_;   // view of token decoder output [B*(N-1), S, D_T]
+  // vanilla activations
+  Tensor emb_;      // [B, L, D]
+  Tensor dec_out_;  // view [B, L, D]
+  // classifier
+  Tensor logits_, dlogits_;  // [rows, V]
+  Tensor losses_;            // [rows] f32
+  std::vector<float> h_losses_;
+  // backward scratch
+  Tensor d_sel_, d_td_out_, d_td_in_, d_prefix_, d_tok_emb_, d_ctx_, d_emb_b_;
+};
+
+}  // namespace bt

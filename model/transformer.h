@@ -1,0 +1,83 @@
+// A GPT-NeoX transformer stack (DESIGN 2.1): pre-LN, parallel residual, fused QKV in the
+// per-head layout, partial rotary, exact-GELU MLP, final LayerNorm. Written once against
+// model/backend.h; the block decoder, the token decoder and the vanilla model are instances.
+#pragma once
+#include <vector>
+
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace bt {
+
+struct LayerTensors {  // views into the flat parameter (or gradient) buffer of one layer
+  Tensor ln1_w, ln1_b, ln2_w, ln2_b;  // [D]
+  Tensor qkv_w;   // [3D, D]
+  Tensor qkv_b;   // [3D]
+  Tensor attn_w;  // [D, D]
+  Tensor attn_b;  // [D]
+  Tensor fc_w;    // [F, D]
+  Tensor fc_b;    // [F]
+  Tensor proj_w;  // [D, F]
+  Tensor proj_b;  // [D]
+};
+
+struct StackTensors {
+  std::vector<LayerTensors> layers;
+  Tensor lnf_w, lnf_b;  // [D]
+};
+
+struct StackDims {
+  int layers = 0, D = 0, H = 0, F = 0, hd = 0;
+  RotaryParams rope;
+  double eps = 1e-5;
+  static StackDims from(const DecoderConfig& d, const ModelConfig& m);
+};
+
+// Views of one stack's tensors in a flat buffer `flat` laid out by `table`, by name prefix
+// ("block_decoder.gpt_neox.", "gpt_neox.", ...).
+StackTensors stack_views(const ParamTable& table, Tensor flat, const std::string& prefix, int layers);
+Tensor param_view(const ParamTable& table, Tensor flat, const std::string& name);
+
+class TransformerStack {
+ public:
+  TransformerStack(Backend& be, StackDims dims, StackTensors params, StackTensors grads);
+  // Allocates activations for up to max_rows sequences of length T (once; reused every step).
+  void reserve(int64_t max_rows, int64_t T);
+  // x [B, T, D] -> returns [B, T, D] (after the final LayerNorm). x is kept (not copied): it
+  // must stay unchanged until backward.
+  Tensor forward(Tensor x, int64_t B, int64_t T);
+  // dout [B, T, D] gradient of the stack's output -> dx [B, T, D] accumulated (+=);
+  // parameter gradients accumulated into the grads views.
+  void backward(Tensor dout, Tensor dx);
+  const StackDims& dims() const { return d_; }
+
+ private:
+  struct LayerActs {
+    Tensor res;        // [B, T, D] layer input (residual stream)
+    Tensor ln1, ln2;   // [B, T, D]
+    Tensor ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;  // [B*T]
+    Tensor qkv;        // [B, T, 3D]
+    Tensor q, k, v;    // [B, H, T, hd]
+    Tensor stats;      // backend-defined: probabilities [B, H, T, T] or lse [B, H, T]
+    Tensor atty;       // [B, T, D] attention output, heads merged
+    Tensor attn_out;   // [B, T, D]
+    Tensor fch;        // [B, T, F]
+    Tensor fch_gelu;   // [B, T, F]
+    Tensor mlp_out;    // [B, T, D]
+  };
+  Tensor rows(Tensor t, Shape s) const;  // first-B view of a reserved buffer
+
+  Backend& be_;
+  StackDims d_;
+  StackTensors p_, g_;
+  int64_t max_rows_ = 0, T_ = 0, B_ = 0;
+  std::vector<LayerActs> acts_;
+  Tensor x_in_;                      // [B, T, D] the input given to forward
+  Tensor final_res_;                 // [B, T, D] residual after the last layer
+  Tensor lnf_, lnf_mean_, lnf_rstd_; // final LayerNorm
+  // backward scratch, shared by all layers
+  Tensor dres_a_, dres_b_, dln_, datty_, dattn_, dqkv_, dq_, dk_, dv_, dfch_, dfch_gelu_;
+};
+
+}  // namespace bt

@@ -1,0 +1,201 @@
+// Whole-model tests on tiny sizes (DESIGN 9.2): gradient check in double over every parameter
+// tensor (sampled entries), causality, block 0 never a target, one batch overfits, and the
+// parameter counts of the paper configs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/rng.h"
+#include "model/cpu/cpu_backend.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+
+using namespace bt;
+
+namespace {
+
+ModelConfig tiny_block(int V = 23, int L = 16, int LB = 4, int R = 2) {
+  ModelConfig m;
+  m.kind = "block";
+  m.vocab_size = V;
+  m.context_length = L;
+  m.block_length = LB;
+  m.embedder_dim = 16 / LB;
+  m.block_decoder = {2, 16, 2, 24, 0};
+  m.token_decoder = {2, 16, 2, 20, R};
+  return m;
+}
+
+ModelConfig tiny_vanilla(int V = 23, int L = 12) {
+  ModelConfig m;
+  m.kind = "vanilla";
+  m.vocab_size = V;
+  m.context_length = L;
+  m.decoder = {2, 16, 2, 24, 0};
+  return m;
+}
+
+std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
+  Rng r(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(r.below(V));
+  return t;
+}
+
+// Central differences over sampled entries of every parameter tensor; relative error < 1e-6.
+void gradient_check(const ModelConfig& m, int B, bool with_pads) {
+  auto be = make_cpu_backend(DType::f64);
+  Model model(m, *be, B);
+  model.init(7);
+  // Perturb the LayerNorm parameters and biases away from 1/0 so their gradients are generic.
+  double* w = model.params().ptr<double>();
+  Rng r(3);
+  for (const auto& p : model.table().entries())
+    if (p.kind != ParamKind::matrix && p.kind != ParamKind::embedding && p.kind != ParamKind::head)
+      for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] += 0.1 * r.normal();
+  const int L = m.context_length;
+  auto tokens = random_tokens(B * L, m.vocab_size, 11);
+  std::vector<uint8_t> mask(B * L, 1);
+  if (with_pads)
+    for (int i = 0; i < B * L; i += 5) mask[i] = 0;
+  model.zero_grads();
+  model.forward(tokens.data(), mask.data(), B, true, 1.0);
+  model.backward();
+  const double* g = model.grads().ptr<double>();
+  auto loss = [&] { return model.forward(tokens.data(), mask.data(), B).loss_sum; };
+  const double h = 1e-5;
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& p : model.table().entries()) {
+    const int samples = std::min<int>(4, static_cast<int>(p.numel));
+    for (int s = 0; s < samples; ++s) {
+      const size_t i = p.offset + (p.numel == size_t(samples) ? s : r.below(p.numel));
+      const double orig = w[i];
+      w[i] = orig + h;
+      const double lp = loss();
+      w[i] = orig - h;
+      const double lm = loss();
+      w[i] = orig;
+      const double num = (lp - lm) / (2 * h), ana = g[i];
+      const double rel = std::abs(num - ana) / std::max({std::abs(num), std::abs(ana), 1e-4});
+      if (rel > worst) {
+        worst = rel;
+        worst_name = p.name;
+      }
+      EXPECT_LT(rel, 1e-6) << p.name << " entry " << i - p.offset << ": analytic " << ana << " numeric " << num;
+    }
+  }
+  std::printf("worst relative error %.3g (%s)\n", worst, worst_name.c_str());
+}
+
+}  // namespace
+
+TEST(ModelGrad, BlockDoubleAllParameters) { gradient_check(tiny_block(), 2, false); }
+TEST(ModelGrad, BlockWithPads) { gradient_check(tiny_block(), 2, true); }
+TEST(ModelGrad, BlockLengthOnePrefixOne) { gradient_check(tiny_block(23, 8, 1, 1), 2, false); }
+TEST(ModelGrad, BlockLengthEightPrefixFour) { gradient_check(tiny_block(23, 24, 8, 4), 1, false); }
+TEST(ModelGrad, VanillaDoubleAllParameters) { gradient_check(tiny_vanilla(), 2, true); }
+
+// Changing the token at position p changes no logit that predicts a position <= p, and does
+// change some logit that predicts a later position.
+void causality(const ModelConfig& m) {
+  auto be = make_cpu_backend(DType::f64);
+  const int B = 2, L = m.context_length;
+  Model model(m, *be, B);
+  model.init(5);
+  auto tokens = random_tokens(B * L, m.vocab_size, 2);
+  const int first = m.is_block() ? m.block_length : 1;
+  for (int p = 0; p < L - 1; ++p) {
+    model.forward(tokens.data(), nullptr, B);
+    Tensor lg = model.logits();
+    std::vector<double> before(lg.numel());
+    be->download(before.data(), DType::f64, lg);
+    auto changed = tokens;
+    const int b = p % B;
+    changed[b * L + p] = (changed[b * L + p] + 1) % m.vocab_size;
+    model.forward(changed.data(), nullptr, B);
+    std::vector<double> after(lg.numel());
+    be->download(after.data(), DType::f64, lg);
+    const int V = m.vocab_size;
+    bool later_changed = false;
+    for (int q = first; q < L; ++q) {
+      const int64_t row = model.logit_row(b, q);
+      double diff = 0;
+      for (int v = 0; v < V; ++v) diff = std::max(diff, std::abs(after[row * V + v] - before[row * V + v]));
+      if (q <= p) EXPECT_EQ(diff, 0.0) << "position " << p << " changed the logits predicting " << q;
+      else if (diff > 0) later_changed = true;
+    }
+    EXPECT_TRUE(later_changed) << "position " << p << " changed nothing after it";
+    // the other sequence of the batch is untouched
+    for (int q = first; q < L; ++q) {
+      const int64_t row = model.logit_row(1 - b, q);
+      for (int v = 0; v < V; ++v) ASSERT_EQ(after[row * V + v], before[row * V + v]);
+    }
+  }
+}
+
+TEST(ModelCausality, Block) { causality(tiny_block()); }
+TEST(ModelCausality, BlockLength8) { causality(tiny_block(23, 24, 8, 3)); }
+TEST(ModelCausality, Vanilla) { causality(tiny_vanilla()); }
+
+TEST(ModelTargets, BlockZeroIsNeverATarget) {
+  auto be = make_cpu_backend(DType::f64);
+  ModelConfig m = tiny_block();
+  const int B = 2, L = m.context_length, LB = m.block_length;
+  Model model(m, *be, B);
+  model.init(1);
+  auto tokens = random_tokens(B * L, m.vocab_size, 4);
+  LossStats all = model.forward(tokens.data(), nullptr, B);
+  EXPECT_EQ(all.targets, int64_t(B) * (L - LB));
+  ASSERT_EQ(all.pos_count.size(), size_t(LB));
+  for (int j = 0; j < LB; ++j) EXPECT_EQ(all.pos_count[j], int64_t(B) * (L / LB - 1));
+  // Only block 0 unmasked: nothing is left to predict.
+  std::vector<uint8_t> mask(B * L, 0);
+  for (int b = 0; b < B; ++b)
+    for (int p = 0; p < LB; ++p) mask[b * L + p] = 1;
+  LossStats only0 = model.forward(tokens.data(), mask.data(), B);
+  EXPECT_EQ(only0.targets, 0);
+  EXPECT_EQ(only0.loss_sum, 0.0);
+}
+
+TEST(ModelTargets, TokenOutOfRangeIsAnError) {
+  auto be = make_cpu_backend(DType::f32);
+  ModelConfig m = tiny_block();
+  Model model(m, *be, 1);
+  std::vector<int32_t> tokens(m.context_length, 1);
+  tokens[5] = m.vocab_size;
+  try {
+    model.forward(tokens.data(), nullptr, 1);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+  }
+}
+
+void overfit(const ModelConfig& m) {
+  auto be = make_cpu_backend(DType::f32);
+  const int B = 2, L = m.context_length;
+  Model model(m, *be, B);
+  model.init(9);
+  OptimConfig o;
+  o.lr = 3e-3;
+  o.weight_decay = 0.0;
+  AdamW opt(model, o);
+  auto tokens = random_tokens(B * L, m.vocab_size, 8);
+  double loss = 0;
+  for (int step = 0; step < 400; ++step) {
+    model.zero_grads();
+    LossStats st = model.forward(tokens.data(), nullptr, B, true, 1.0 / (B * L));
+    model.backward();
+    // the count above is an upper bound on targets; rescale the gradient to the exact mean
+    be->scale(model.grads(), double(B * L) / double(st.targets));
+    opt.step(o.lr);
+    loss = st.mean();
+    if (loss < 0.05) break;
+  }
+  EXPECT_LT(loss, 0.05);
+}
+
+TEST(ModelOverfit, BlockOneBatch) { overfit(tiny_block(32, 32, 4, 2)); }
+TEST(ModelOverfit, VanillaOneBatch) { overfit(tiny_vanilla(32, 32)); }

@@ -1,0 +1,43 @@
+// Communicators for data parallelism (DESIGN 5) behind one small interface: a single process
+// (no launcher), MPI (CPU buffers), and NCCL (device buffers). make_communicator picks MPI when
+// the process was started by mpirun/srun with more than one rank.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace bt {
+
+enum class ReduceOp { sum, avg };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string name() const = 0;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual int local_rank() const = 0;
+  // In place over a tensor on the communicator's device (f32, f64 or bf16).
+  virtual void all_reduce(Tensor t, ReduceOp op) = 0;
+  // in [world * n] -> out [n]: rank r receives the reduced chunk r.
+  virtual void reduce_scatter(Tensor out, Tensor in, ReduceOp op) = 0;
+  // in [n] -> out [world * n]
+  virtual void all_gather(Tensor out, Tensor in) = 0;
+  virtual void broadcast(Tensor t, int root) = 0;
+  virtual void barrier() = 0;
+  // Small host-side collectives (losses, counts, config hashes).
+  virtual void all_reduce_host(double* x, size_t n, ReduceOp op) = 0;
+  virtual void broadcast_host(void* p, size_t bytes, int root) = 0;
+  // Gathers one u64 from every rank (rank order) into out[world].
+  virtual void all_gather_host_u64(uint64_t x, uint64_t* out) = 0;
+};
+
+// Whether this process was started by an MPI launcher (mpirun, srun) with world size > 1.
+bool launched_by_mpi();
+// device: where the buffers given to the collectives live (cpu -> MPI, cuda -> NCCL).
+std::unique_ptr<Communicator> make_communicator(Device device);
+std::unique_ptr<Communicator> make_single_communicator();
+
+}  // namespace bt

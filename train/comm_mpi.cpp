@@ -1,0 +1,140 @@
+// The MPI communicator: collectives over host buffers (the CPU backend's data parallelism, and
+// the bootstrap channel for NCCL). MPI errors are returned, not fatal inside MPI, so that a
+// failed collective becomes a one-line message naming the rank; mpirun then ends the others.
+#ifdef BT_HAVE_MPI
+#include <mpi.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "train/comm.h"
+
+namespace bt {
+namespace {
+
+#define BT_MPI_CHECK(call)                                                                        \
+  do {                                                                                            \
+    int rc_ = (call);                                                                             \
+    if (rc_ != MPI_SUCCESS) {                                                                     \
+      char msg_[MPI_MAX_ERROR_STRING];                                                            \
+      int len_ = 0;                                                                               \
+      MPI_Error_string(rc_, msg_, &len_);                                                         \
+      BT_FAIL("MPI call ", #call, " failed: ", std::string(msg_, len_),                           \
+              " (another rank probably died; see its log)");                                      \
+    }                                                                                             \
+  } while (0)
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::u16: return MPI_UINT16_T;
+    case DType::u8: return MPI_UINT8_T;
+    default: BT_FAIL("MPI communicator: no reduction for dtype ", dtype_name(t));
+  }
+}
+
+template <class T>
+void divide(void* p, size_t n, int w) {
+  T* x = static_cast<T*>(p);
+  for (size_t i = 0; i < n; ++i) x[i] /= static_cast<T>(w);
+}
+
+void divide_any(Tensor t, int w) {
+  if (t.dtype == DType::f32) divide<float>(t.data, t.numel(), w);
+  else if (t.dtype == DType::f64) divide<double>(t.data, t.numel(), w);
+  else BT_FAIL("MPI communicator: average of dtype ", dtype_name(t.dtype));
+}
+
+class MpiComm final : public Communicator {
+ public:
+  MpiComm() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      int provided = 0;
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_);
+    MPI_Comm local;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &local_rank_);
+    MPI_Comm_free(&local);
+    set_log_rank(rank_);
+  }
+  ~MpiComm() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+  std::string name() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+  int local_rank() const override { return local_rank_; }
+
+  void all_reduce(Tensor t, ReduceOp op) override {
+    check_host(t);
+    BT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data, static_cast<int>(t.numel()), mpi_type(t.dtype), MPI_SUM,
+                               MPI_COMM_WORLD));
+    if (op == ReduceOp::avg) divide_any(t, world_);
+  }
+  void reduce_scatter(Tensor out, Tensor in, ReduceOp op) override {
+    check_host(out);
+    check_host(in);
+    BT_CHECK(in.numel() == out.numel() * static_cast<size_t>(world_), "reduce_scatter: in must be world x out");
+    BT_MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, static_cast<int>(out.numel()), mpi_type(in.dtype),
+                                          MPI_SUM, MPI_COMM_WORLD));
+    if (op == ReduceOp::avg) divide_any(out, world_);
+  }
+  void all_gather(Tensor out, Tensor in) override {
+    check_host(out);
+    check_host(in);
+    BT_CHECK(out.numel() == in.numel() * static_cast<size_t>(world_), "all_gather: out must be world x in");
+    BT_MPI_CHECK(MPI_Allgather(in.data, static_cast<int>(in.bytes()), MPI_BYTE, out.data,
+                               static_cast<int>(in.bytes()), MPI_BYTE, MPI_COMM_WORLD));
+  }
+  void broadcast(Tensor t, int root) override {
+    check_host(t);
+    broadcast_host(t.data, t.bytes(), root);
+  }
+  void barrier() override { BT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  void all_reduce_host(double* x, size_t n, ReduceOp op) override {
+    BT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, x, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    if (op == ReduceOp::avg)
+      for (size_t i = 0; i < n; ++i) x[i] /= world_;
+  }
+  void broadcast_host(void* p, size_t bytes, int root) override {
+    char* c = static_cast<char*>(p);
+    const size_t chunk = size_t(1) << 30;
+    for (size_t off = 0; off < bytes; off += chunk) {
+      const int n = static_cast<int>(std::min(chunk, bytes - off));
+      BT_MPI_CHECK(MPI_Bcast(c + off, n, MPI_BYTE, root, MPI_COMM_WORLD));
+    }
+  }
+  void all_gather_host_u64(uint64_t x, uint64_t* out) override {
+    BT_MPI_CHECK(MPI_Allgather(&x, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T, MPI_COMM_WORLD));
+  }
+
+ private:
+  static void check_host(const Tensor& t) {
+    BT_CHECK(t.device == Device::cpu, "the MPI communicator reduces host buffers; use NCCL for device buffers");
+  }
+  int rank_ = 0, world_ = 1, local_rank_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_communicator(Device device) {
+  if (!launched_by_mpi()) return make_single_communicator();
+  BT_CHECK(device == Device::cpu, "data parallel training on CUDA needs NCCL, which is not built yet");
+  return std::make_unique<MpiComm>();
+}
+
+}  // namespace bt
+#endif
