@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every package blockformer needs to build, test and run on Debian 12 (apt only),
+# and the Python venv (build/venv) that the PyTorch peer tests use. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  libopenblas-dev libhdf5-dev hdf5-tools libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+  libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev
+  python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch
+  shellcheck bible-kjv
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The peer tests compare against HF transformers on Debian's torch (1.13): a venv that sees the
+# system packages, with transformers pinned to a release that supports that torch.
+if [ ! -x build/venv/bin/python3 ]; then
+  mkdir -p build
+  /usr/bin/python3 -m venv --system-site-packages build/venv
+fi
+if ! build/venv/bin/python3 -c "import transformers" 2>/dev/null; then
+  build/venv/bin/pip install -q --disable-pip-version-check "transformers==4.36.2" "safetensors>=0.4,<0.5"
+fi
