@@ -1,0 +1,361 @@
+// HDF5 shard writer and reader (format in shard.h and docs/data.md).
+#include "data/shard.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "data/h5.h"
+
+namespace bt {
+namespace fs = std::filesystem;
+using h5::Handle;
+using h5::last_error;
+
+// ---- small file helpers ------------------------------------------------------------------------
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  BT_CHECK(fd >= 0, "cannot open '", path, "' to fsync it: ", std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  // Some file systems refuse fsync on directories (EINVAL); the data itself is what matters.
+  BT_CHECK(rc == 0 || err == EINVAL, "fsync of '", path, "' failed: ", std::strerror(err));
+}
+
+namespace {
+std::string parent_dir(const std::string& path) {
+  fs::path p = fs::path(path).parent_path();
+  return p.empty() ? "." : p.string();
+}
+
+void rename_into_place(const std::string& tmp, const std::string& path) {
+  fsync_path(tmp);
+  BT_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path,
+           "': ", std::strerror(errno));
+  fsync_path(parent_dir(path));
+}
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  BT_CHECK(f, "cannot create '", tmp, "': ", std::strerror(errno));
+  size_t wrote = std::fwrite(contents.data(), 1, contents.size(), f);
+  bool ok = wrote == contents.size();
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    BT_FAIL("cannot write '", tmp, "' (disk full?)");
+  }
+  rename_into_place(tmp, path);
+}
+
+// ---- writer ------------------------------------------------------------------------------------
+
+namespace {
+std::string shard_what(const std::string& path) { return "shard '" + path + "'"; }
+
+template <class T>
+void write_dataset(hid_t file, const char* name, hid_t file_type, hid_t mem_type, const T* data,
+                   uint64_t n, const std::string& what) {
+  hsize_t dims[1] = {n};
+  hsize_t maxdims[1] = {H5S_UNLIMITED};
+  hsize_t chunk[1] = {std::max<hsize_t>(1, std::min<hsize_t>(n, kShardChunkElems))};
+  Handle space(H5Screate_simple(1, dims, maxdims), H5Sclose);
+  BT_CHECK(space.valid(), what, ": cannot create a dataspace for /", name, " (", last_error(), ")");
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  // No modification times in the object headers: the same input gives byte-identical shards,
+  // so manifest checksums are reproducible.
+  BT_CHECK(dcpl.valid() && H5Pset_chunk(dcpl.get(), 1, chunk) >= 0 &&
+               H5Pset_obj_track_times(dcpl.get(), false) >= 0,
+           what, ": cannot set the creation properties of /", name, " (", last_error(), ")");
+  Handle ds(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+            H5Dclose);
+  BT_CHECK(ds.valid(), what, ": cannot create /", name, " (", last_error(), ")");
+  if (n > 0)
+    BT_CHECK(H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0, what,
+             ": cannot write /", name, " (disk full?) (", last_error(), ")");
+  BT_CHECK(ds.reset() >= 0, what, ": cannot close /", name, " (", last_error(), ")");
+}
+
+// Writes the file at `tmp` (not renamed). tok16 or tok32 holds the tokens.
+void write_h5(const std::string& tmp, const std::string& what, const ShardMeta& meta,
+              const uint16_t* tok16, const uint32_t* tok32, uint64_t ntok, const uint64_t* offsets,
+              uint64_t ndocs) {
+  h5::init();
+  Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  BT_CHECK(file.valid(), what, ": cannot create '", tmp, "' (", last_error(), ")");
+  h5::write_string_attr(file.get(), "format", kShardFormat, what);
+  h5::write_int_attr(file.get(), "version", kShardVersion, what);
+  h5::write_int_attr(file.get(), "vocab_size", meta.vocab_size, what);
+  h5::write_int_attr(file.get(), "eos_id", meta.eos_id, what);
+  h5::write_string_attr(file.get(), "tokenizer", meta.tokenizer, what);
+  if (tok16)
+    write_dataset(file.get(), "tokens", H5T_STD_U16LE, H5T_NATIVE_UINT16, tok16, ntok, what);
+  else
+    write_dataset(file.get(), "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, tok32, ntok, what);
+  write_dataset(file.get(), "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, offsets, ndocs, what);
+  BT_CHECK(file.reset() >= 0, what, ": cannot close '", tmp, "' (disk full?) (", last_error(), ")");
+}
+
+void check_meta(const ShardMeta& meta, const std::string& what) {
+  BT_CHECK(meta.vocab_size > 0 && meta.vocab_size <= (int64_t(1) << 32), what,
+           ": invalid vocab_size ", meta.vocab_size);
+  BT_CHECK(meta.eos_id >= 0 && meta.eos_id < meta.vocab_size, what, ": eos_id ", meta.eos_id,
+           " outside the vocabulary of ", meta.vocab_size);
+  BT_CHECK(!meta.tokenizer.empty(), what, ": empty tokenizer name");
+}
+
+// Writes tmp then renames; removes tmp on any failure.
+void write_atomically(const std::string& path, const ShardMeta& meta, const uint16_t* tok16,
+                      const uint32_t* tok32, uint64_t ntok, const uint64_t* offsets,
+                      uint64_t ndocs) {
+  const std::string what = shard_what(path);
+  const std::string tmp = path + ".tmp";
+  try {
+    write_h5(tmp, what, meta, tok16, tok32, ntok, offsets, ndocs);
+    rename_into_place(tmp, path);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+}
+}  // namespace
+
+ShardWriter::ShardWriter(std::string path, ShardMeta meta)
+    : path_(std::move(path)), meta_(std::move(meta)), wide_(meta_.vocab_size > 65536) {
+  check_meta(meta_, shard_what(path_));
+}
+
+ShardWriter::~ShardWriter() = default;
+
+void ShardWriter::add_document(const int32_t* ids, size_t n) {
+  BT_CHECK(!finished_, shard_what(path_), ": add_document after finish");
+  doc_offsets_.push_back(tokens());
+  const int64_t v = meta_.vocab_size;
+  for (size_t i = 0; i < n; ++i)
+    BT_CHECK(ids[i] >= 0 && ids[i] < v, shard_what(path_), ": token id ", ids[i],
+             " outside the vocabulary of ", v, " (tokenizer bug?)");
+  if (wide_) {
+    tok32_.insert(tok32_.end(), ids, ids + n);
+    tok32_.push_back(uint32_t(meta_.eos_id));
+  } else {
+    size_t at = tok16_.size();
+    tok16_.resize(at + n + 1);
+    for (size_t i = 0; i < n; ++i) tok16_[at + i] = uint16_t(ids[i]);
+    tok16_[at + n] = uint16_t(meta_.eos_id);
+  }
+}
+
+void ShardWriter::finish() {
+  BT_CHECK(!finished_, shard_what(path_), ": finish called twice");
+  write_atomically(path_, meta_, wide_ ? nullptr : tok16_.data(), wide_ ? tok32_.data() : nullptr,
+                   tokens(), doc_offsets_.data(), doc_offsets_.size());
+  final_tokens_ = tokens();
+  finished_ = true;
+  std::vector<uint16_t>().swap(tok16_);
+  std::vector<uint32_t>().swap(tok32_);
+}
+
+void write_shard(const std::string& path, const ShardMeta& meta, const std::vector<int32_t>& tokens,
+                 const std::vector<uint64_t>& doc_offsets) {
+  const std::string what = shard_what(path);
+  check_meta(meta, what);
+  BT_CHECK(tokens.empty() || tokens.back() == meta.eos_id, what, ": the last document does not end with EOS");
+  for (int32_t t : tokens)
+    BT_CHECK(t >= 0 && t < meta.vocab_size, what, ": token id ", t, " outside the vocabulary of ",
+             meta.vocab_size);
+  if (meta.vocab_size > 65536) {
+    std::vector<uint32_t> t32(tokens.begin(), tokens.end());
+    write_atomically(path, meta, nullptr, t32.data(), t32.size(), doc_offsets.data(), doc_offsets.size());
+  } else {
+    std::vector<uint16_t> t16(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) t16[i] = uint16_t(tokens[i]);
+    write_atomically(path, meta, t16.data(), nullptr, t16.size(), doc_offsets.data(), doc_offsets.size());
+  }
+}
+
+// ---- reader ------------------------------------------------------------------------------------
+
+namespace {
+
+struct OpenShard {
+  ShardInfo info;
+  Handle file, tokens, offsets;
+};
+
+// 1-D dataset `name`, its length; fails naming the shard when absent or not 1-D integer.
+Handle open_1d(hid_t file, const char* name, uint64_t& len, const std::string& what) {
+  htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
+  BT_CHECK(exists >= 0, what, ": cannot look up /", name, " (", last_error(), ")");
+  BT_CHECK(exists > 0, what, ": no /", name, " dataset (not a shard written by `bt prepare`?)");
+  Handle ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  BT_CHECK(ds.valid(), what, ": cannot open /", name, " (truncated or damaged file?) (", last_error(), ")");
+  Handle space(H5Dget_space(ds.get()), H5Sclose);
+  BT_CHECK(space.valid(), what, ": cannot read the shape of /", name, " (", last_error(), ")");
+  int rank = H5Sget_simple_extent_ndims(space.get());
+  BT_CHECK(rank == 1, what, ": /", name, " has ", rank, " dimensions, expected 1");
+  hsize_t dims[1] = {0};
+  BT_CHECK(H5Sget_simple_extent_dims(space.get(), dims, nullptr) >= 0, what,
+           ": cannot read the shape of /", name, " (", last_error(), ")");
+  len = dims[0];
+  return ds;
+}
+
+OpenShard open_shard(const std::string& path) {
+  h5::init();
+  const std::string what = shard_what(path);
+  OpenShard s;
+  s.info.path = path;
+  struct stat st;
+  BT_CHECK(::stat(path.c_str(), &st) == 0, what, ": no such file");
+  BT_CHECK(S_ISREG(st.st_mode), what, ": not a regular file");
+  htri_t is_h5 = H5Fis_hdf5(path.c_str());
+  if (is_h5 < 0) {
+    std::string err = last_error();
+    BT_FAIL(what, ": cannot read the file (", err.empty() ? std::strerror(errno) : err, ")");
+  }
+  BT_CHECK(is_h5 > 0, what, ": not an HDF5 file (", st.st_size,
+           " bytes without an HDF5 signature; truncated before its header, or not a shard)");
+  s.file = Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!s.file.valid()) {
+    std::string err = last_error();
+    BT_FAIL(what, ": cannot open, the file is truncated or damaged (HDF5: ", err, ")");
+  }
+  ShardInfo& in = s.info;
+  std::string format;
+  BT_CHECK(h5::read_string_attr(s.file.get(), "format", format, what), what,
+           ": no 'format' attribute (not a shard written by `bt prepare`)");
+  BT_CHECK(format == kShardFormat, what, ": format attribute is '", format, "', expected '",
+           kShardFormat, "'");
+  int64_t version = 0;
+  BT_CHECK(h5::read_int_attr(s.file.get(), "version", version, what), what, ": no 'version' attribute");
+  BT_CHECK(version == kShardVersion, what, ": format version ", version,
+           " is not supported (this build reads version ", kShardVersion, ")");
+  BT_CHECK(h5::read_int_attr(s.file.get(), "vocab_size", in.vocab_size, what), what,
+           ": no 'vocab_size' attribute");
+  BT_CHECK(h5::read_int_attr(s.file.get(), "eos_id", in.eos_id, what), what, ": no 'eos_id' attribute");
+  BT_CHECK(h5::read_string_attr(s.file.get(), "tokenizer", in.tokenizer, what), what,
+           ": no 'tokenizer' attribute");
+  BT_CHECK(in.vocab_size > 0 && in.vocab_size <= (int64_t(1) << 31), what, ": invalid vocab_size ",
+           in.vocab_size);
+  BT_CHECK(in.eos_id >= 0 && in.eos_id < in.vocab_size, what, ": eos_id ", in.eos_id,
+           " outside the vocabulary of ", in.vocab_size);
+
+  s.tokens = open_1d(s.file.get(), "tokens", in.tokens, what);
+  Handle ttype(H5Dget_type(s.tokens.get()), H5Tclose);
+  BT_CHECK(ttype.valid(), what, ": cannot read the type of /tokens (", last_error(), ")");
+  const size_t tsize = H5Tget_size(ttype.get());
+  BT_CHECK(H5Tget_class(ttype.get()) == H5T_INTEGER && H5Tget_sign(ttype.get()) == H5T_SGN_NONE &&
+               (tsize == 2 || tsize == 4),
+           what, ": /tokens must hold uint16 or uint32 values");
+  in.token_bytes = int(tsize);
+  BT_CHECK(tsize == 4 || in.vocab_size <= 65536, what, ": /tokens is uint16 but vocab_size is ",
+           in.vocab_size);
+  s.offsets = open_1d(s.file.get(), "doc_offsets", in.documents, what);
+  Handle otype(H5Dget_type(s.offsets.get()), H5Tclose);
+  BT_CHECK(otype.valid() && H5Tget_class(otype.get()) == H5T_INTEGER, what,
+           ": /doc_offsets must hold integers");
+  BT_CHECK((in.tokens == 0) == (in.documents == 0), what, ": ", in.tokens, " tokens but ",
+           in.documents, " documents");
+  BT_CHECK(in.documents <= in.tokens, what, ": more documents (", in.documents, ") than tokens (",
+           in.tokens, ")");
+  return s;
+}
+
+// Reads elements [start, start + n) of a 1-D dataset into `out` as `mem_type`.
+void read_range(hid_t ds, hid_t mem_type, uint64_t start, uint64_t n, void* out, const char* name,
+                const std::string& what) {
+  Handle fspace(H5Dget_space(ds), H5Sclose);
+  hsize_t off[1] = {start}, cnt[1] = {n};
+  BT_CHECK(fspace.valid() &&
+               H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr) >= 0,
+           what, ": cannot select a range of /", name, " (", last_error(), ")");
+  Handle mspace(H5Screate_simple(1, cnt, nullptr), H5Sclose);
+  BT_CHECK(mspace.valid(), what, ": H5Screate_simple failed (", last_error(), ")");
+  if (H5Dread(ds, mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, out) < 0) {
+    std::string err = last_error();
+    BT_FAIL(what, ": cannot read /", name, " at elements ", start, "..", start + n,
+            ", the file is truncated or damaged (HDF5: ", err, ")");
+  }
+}
+
+template <class T>
+void read_tokens_as(const OpenShard& s, hid_t mem_type, int32_t* out, const std::string& what) {
+  const uint64_t n = s.info.tokens;
+  const uint64_t step = 4 * kShardChunkElems;
+  std::vector<T> buf(std::min<uint64_t>(n, step));
+  const uint64_t vocab = uint64_t(s.info.vocab_size);
+  for (uint64_t at = 0; at < n; at += step) {
+    const uint64_t cnt = std::min(step, n - at);
+    read_range(s.tokens.get(), mem_type, at, cnt, buf.data(), "tokens", what);
+    T maxv = 0;
+    for (uint64_t i = 0; i < cnt; ++i) {
+      maxv = std::max(maxv, buf[i]);
+      out[at + i] = int32_t(buf[i]);
+    }
+    if (uint64_t(maxv) >= vocab) {
+      uint64_t i = 0;
+      while (uint64_t(buf[i]) < vocab) ++i;
+      BT_FAIL(what, ": token id ", uint64_t(buf[i]), " at position ", at + i, " >= vocab_size ",
+              vocab, " (corrupt shard or wrong vocab_size attribute)");
+    }
+  }
+}
+}  // namespace
+
+ShardInfo read_shard_info(const std::string& path) { return open_shard(path).info; }
+
+ShardInfo read_shard(const std::string& path, std::vector<int32_t>& tokens,
+                     std::vector<uint64_t>& doc_offsets) {
+  OpenShard s = open_shard(path);
+  const std::string what = shard_what(path);
+  const ShardInfo& in = s.info;
+  const uint64_t base = tokens.size();
+  const size_t base_docs = doc_offsets.size();
+  try {
+    tokens.resize(base + in.tokens);
+    if (in.token_bytes == 2)
+      read_tokens_as<uint16_t>(s, H5T_NATIVE_UINT16, tokens.data() + base, what);
+    else
+      read_tokens_as<uint32_t>(s, H5T_NATIVE_UINT32, tokens.data() + base, what);
+    doc_offsets.resize(base_docs + in.documents);
+    uint64_t* offs = doc_offsets.data() + base_docs;
+    if (in.documents > 0)
+      read_range(s.offsets.get(), H5T_NATIVE_UINT64, 0, in.documents, offs, "doc_offsets", what);
+    const int32_t* tok = tokens.data() + base;
+    uint64_t prev = 0;
+    for (uint64_t d = 0; d < in.documents; ++d) {
+      const uint64_t o = offs[d];
+      if (d == 0)
+        BT_CHECK(o == 0, what, ": /doc_offsets[0] is ", o, ", expected 0");
+      else
+        BT_CHECK(o > prev && o < in.tokens, what, ": /doc_offsets[", d, "] = ", o,
+                 " is not increasing or is past the end (", in.tokens, " tokens)");
+      prev = o;
+      if (d > 0)
+        BT_CHECK(tok[o - 1] == in.eos_id, what, ": document ", d - 1,
+                 " does not end with EOS (id ", in.eos_id, ")");
+      offs[d] = o + base;
+    }
+    if (in.tokens > 0)
+      BT_CHECK(tok[in.tokens - 1] == in.eos_id, what, ": the last document does not end with EOS (id ",
+               in.eos_id, ")");
+  } catch (...) {
+    tokens.resize(base);
+    doc_offsets.resize(base_docs);
+    throw;
+  }
+  return in;
+}
+
+}  // namespace bt

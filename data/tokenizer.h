@@ -1,0 +1,69 @@
+// Tokenizers for `bt prepare`, `bt generate` and `bt eval`:
+//   "byte"          bytes 0..255, EOS = 256, vocab 257; no model file
+//   "spm:PATH"      an existing SentencePiece model
+//   "train-spm:N"   a BPE SentencePiece model of N pieces trained on the input text
+// Each tokenizer has a name recorded in every shard and in manifest.json: "byte" or
+// "spm:<sha256 of the model file>", so shards made with different models are never mixed.
+// A prepared directory holds tokenizer.json ({"kind", "name", "model"}) and, for SentencePiece,
+// the model itself as tokenizer.model, so the directory alone can decode its shards.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bt {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;  // no EOS appended
+  // Text of the ids; EOS and ids outside the vocabulary produce nothing.
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int eos_id() const = 0;
+  virtual std::string name() const = 0;  // "byte" | "spm:<sha256>"
+  virtual std::string kind() const = 0;  // "byte" | "spm"
+  // Writes tokenizer.json (and tokenizer.model for SentencePiece) into `dir`, atomically.
+  virtual void save_to_dir(const std::string& dir) const = 0;
+};
+
+// A parsed --tokenizer spec.
+struct TokenizerSpec {
+  enum class Kind { Byte, Spm, TrainSpm } kind = Kind::Byte;
+  std::string model_path;  // Spm
+  int train_vocab = 0;     // TrainSpm
+};
+TokenizerSpec parse_tokenizer_spec(const std::string& spec);  // throws on a malformed spec
+
+std::unique_ptr<Tokenizer> make_byte_tokenizer();
+std::unique_ptr<Tokenizer> load_spm_tokenizer(const std::string& model_path);
+
+struct SpmTrainOptions {
+  int vocab_size = 8192;
+  int threads = 0;                    // 0: min(hardware threads, 8)
+  uint64_t max_sentences = 1000000;   // sentences beyond this are subsampled by the trainer
+  uint64_t seed = 1;
+};
+// Trains a BPE SentencePiece model on `sentences` (lines of text, no newlines). The model
+// uses byte fallback (every UTF-8 string encodes, nothing is <unk>) and identity normalization,
+// so decode(encode(text)) == text for text whose lines don't start or end with spaces.
+std::unique_ptr<Tokenizer> train_spm_tokenizer(const std::vector<std::string>& sentences,
+                                               const SpmTrainOptions& opt);
+
+// "byte" or "spm:PATH". A "train-spm:N" spec needs text: use train_spm_tokenizer.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
+
+// The tokenizer of a prepared directory (its tokenizer.json).
+std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir);
+// The tokenizer named by a shard's `tokenizer` attribute: "byte" needs nothing; "spm:<hash>"
+// loads `dir`/tokenizer.model and checks its hash. Fails with a one-line hint otherwise.
+std::unique_ptr<Tokenizer> load_tokenizer_for_shard(const std::string& tokenizer_attr,
+                                                    const std::string& dir);
+// Same, from a shard file: reads its attribute and looks in the shard's directory.
+std::unique_ptr<Tokenizer> load_tokenizer_for_shard_file(const std::string& shard_path);
+// Same, for the first shard of a glob or comma-separated list (e.g. config data.train).
+std::unique_ptr<Tokenizer> load_tokenizer_for_shards(const std::string& glob_or_list);
+
+}  // namespace bt
