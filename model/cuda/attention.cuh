@@ -1,0 +1,41 @@
+// Internal interface of the attention kernels: the argument block they all take and the
+// per-variant launchers that attention.cu dispatches to (small rows, or flash by head dim).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "core/dtype.h"
+
+namespace bt::cuda {
+
+struct AttnArgs {
+  // forward: q, k, v [B, H, T, hd] -> out [B, T, H * hd], lse [B, H, T] f32
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  // backward: dout [B, T, H * hd], Dv [B, H, T] f32 = rowsum(dout * out) (flash only),
+  // dq, dk, dv [B, H, T, hd] accumulated (+=), any may be null
+  const void* dout = nullptr;
+  const float* Dv = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int B = 0, H = 0, T = 0, hd = 0;
+  float scale = 1.f;  // 1 / sqrt(hd)
+};
+
+// T <= kSmallMaxT: one warp per (b, h) (attention_small.cu).
+constexpr int kSmallMaxT = 32;
+void small_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream);
+void small_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream);
+void small_attention_setup(int max_smem_optin);
+
+// Longer rows: flash kernels for head dims up to HD (attention_flash_hd{32,64,128}.cu).
+template <int HD> void flash_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream);
+template <int HD> void flash_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream);
+template <int HD> void flash_attention_setup();
+
+}  // namespace bt::cuda

@@ -1,0 +1,562 @@
+// CudaBackend: model/backend.h over the kernels of model/cuda (kernels.h) and cuBLASLt.
+// Checks every tensor's device, dtype and size before launching, like the CPU backend does,
+// and keeps what the ops share: the stream, the arena, the scratch buffer, the GEMM plan
+// cache and the rotary cos/sin tables. Host code only (compiled by the host compiler).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/cuda/arena.h"
+#include "model/cuda/check.h"
+#include "model/cuda/cublaslt.h"
+#include "model/cuda/cuda_backend.h"
+#include "model/cuda/kernels.h"
+
+namespace bt {
+namespace {
+
+constexpr size_t kGemmWorkspace = size_t(32) << 20;
+constexpr size_t MiB = size_t(1) << 20;
+
+// Host-side dtype conversion for upload/download (the same rules as the CPU backend).
+void convert(void* dst, DType dt, const void* src, DType st, size_t n) {
+  if (dt == st) {
+    std::memcpy(dst, src, n * dtype_size(dt));
+    return;
+  }
+  auto rd = [&](size_t i) -> double {
+    switch (st) {
+      case DType::f32: return static_cast<const float*>(src)[i];
+      case DType::f64: return static_cast<const double*>(src)[i];
+      case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(src)[i]);
+      case DType::i32: return static_cast<const int32_t*>(src)[i];
+      case DType::u16: return static_cast<const uint16_t*>(src)[i];
+      case DType::u8: return static_cast<const uint8_t*>(src)[i];
+    }
+    return 0;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const double x = rd(i);
+    switch (dt) {
+      case DType::f32: static_cast<float*>(dst)[i] = static_cast<float>(x); break;
+      case DType::f64: static_cast<double*>(dst)[i] = x; break;
+      case DType::bf16: static_cast<uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(x)); break;
+      case DType::i32: static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(x); break;
+      case DType::u16: static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(x); break;
+      case DType::u8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(x); break;
+    }
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(DType act, int device) : act_(act), device_(device) {
+    BT_CHECK(act == DType::bf16 || act == DType::f32, "the CUDA backend computes in bf16 or f32, not ",
+             dtype_name(act), " (train.precision: bf16 | fp32)");
+    const int count = cuda_device_count();
+    BT_CHECK(device >= 0 && device < count, "CUDA device ", device, " does not exist (", count,
+             " visible; check CUDA_VISIBLE_DEVICES and the local rank)");
+    BT_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop{};
+    BT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    BT_CHECK(prop.major >= 8, "GPU ", prop.name, " is sm_", prop.major, prop.minor,
+             "; the CUDA backend needs sm_80 or newer (bf16 tensor cores)");
+    device_name_ = prop.name;
+    // A blocking stream: work that others queue on the legacy default stream (a cudaMemcpy of
+    // ours) stays ordered with it.
+    BT_CUDA_CHECK(cudaStreamCreate(&stream_));
+    cuda::attention_setup(device);
+    gemm_ = std::make_unique<cuda::Gemm>(arena_.alloc(kGemmWorkspace, "the cuBLASLt workspace"), kGemmWorkspace);
+  }
+
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    if (std::getenv("BT_CUDA_STATS")) {
+      const CudaMemoryStats s = stats();
+      std::fprintf(stderr,
+                   "cuda backend [%s, %s]: arena %zu MiB used of %zu MiB in %zu blocks, scratch %zu MiB, device %zu "
+                   "of %zu MiB in use\n",
+                   device_name_.c_str(), dtype_name(act_), s.arena_used / MiB, s.arena_reserved / MiB,
+                   s.arena_blocks, s.scratch / MiB, s.device_used / MiB, s.device_total / MiB);
+    }
+    gemm_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  CudaMemoryStats stats() const {
+    CudaMemoryStats s;
+    s.arena_used = arena_.used();
+    s.arena_reserved = arena_.reserved();
+    s.arena_blocks = arena_.blocks();
+    s.scratch = scratch_.capacity();
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+      s.device_used = total_b - free_b;
+      s.device_total = total_b;
+    } else {
+      (void)cudaGetLastError();
+    }
+    return s;
+  }
+  cudaStream_t stream() const { return stream_; }
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::cuda; }
+  DType act_dtype() const override { return act_; }
+  DType grad_dtype() const override { return DType::f32; }
+
+  // ---- memory ---------------------------------------------------------------------------------
+  Tensor alloc(Shape s, DType t) override {
+    const std::string what = std::string("a ") + dtype_name(t) + " tensor " + s.str();
+    return Tensor(arena_.alloc(s.numel() * dtype_size(t), what.c_str()), s, t, Device::cuda);
+  }
+  void zero(Tensor t) override {
+    if (t.empty() || t.numel() == 0) return;
+    BT_CUDA_CHECK(cudaMemsetAsync(dev(t, "zero"), 0, t.bytes(), stream_));
+  }
+  void upload(Tensor dst, const void* host, DType host_t) override {
+    if (dst.numel() == 0) return;
+    void* d = dev(dst, "upload");
+    if (host_t == dst.dtype) {
+      BT_CUDA_CHECK(cudaMemcpyAsync(d, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    } else {
+      staging_.resize(dst.bytes());
+      convert(staging_.data(), dst.dtype, host, host_t, dst.numel());
+      BT_CUDA_CHECK(cudaMemcpyAsync(d, staging_.data(), dst.bytes(), cudaMemcpyHostToDevice, stream_));
+    }
+    BT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away when we return
+  }
+  void download(void* host, DType host_t, Tensor src) override {
+    if (src.numel() == 0) return;
+    const void* d = dev(src, "download");
+    if (host_t == src.dtype) {
+      BT_CUDA_CHECK(cudaMemcpyAsync(host, d, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+      BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } else {
+      staging_.resize(src.bytes());
+      BT_CUDA_CHECK(cudaMemcpyAsync(staging_.data(), d, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+      BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      convert(host, host_t, staging_.data(), src.dtype, src.numel());
+    }
+  }
+  void synchronize() override { BT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- embeddings -----------------------------------------------------------------------------
+  void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
+    const int C = static_cast<int>(table.dim(1));
+    BT_CHECK(out.numel() == tokens.numel() * size_t(C), "embedding_forward: out ", out.shape.str(),
+             " does not hold ", tokens.numel(), " rows of ", C);
+    act(out, "embedding_forward out");
+    act(table, "embedding_forward table");
+    cuda::embedding_forward(dev(out, "embedding_forward"), ids(tokens, "embedding_forward tokens"),
+                            dev(table, "embedding_forward"), tokens.numel(), C, act_, stream_);
+  }
+  void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) override {
+    if (dtable.empty() || tokens.numel() == 0) return;
+    const int V = static_cast<int>(dtable.dim(0)), C = static_cast<int>(dtable.dim(1));
+    const size_t n = tokens.numel();
+    BT_CHECK(dout.numel() == n * size_t(C), "embedding_backward: dout ", dout.shape.str(), " is not ", n, " x ", C);
+    f32(dtable, "embedding_backward dtable");
+    act(dout, "embedding_backward dout");
+    // Group the positions by token on the host (counting sort keeps positions increasing).
+    h_tok_.resize(n);
+    download(h_tok_.data(), DType::i32, tokens);
+    h_count_.assign(size_t(V) + 1, 0);
+    for (size_t i = 0; i < n; ++i) {
+      const int32_t t = h_tok_[i];
+      BT_CHECK(t >= 0 && t < V, "embedding_backward: token id ", t, " at position ", i,
+               " is outside the table of ", V, " rows");
+      ++h_count_[size_t(t) + 1];
+    }
+    for (int v = 0; v < V; ++v) h_count_[size_t(v) + 1] += h_count_[v];  // start of each token's positions
+    h_order_.resize(n);
+    {
+      std::vector<int32_t>& fill = h_fill_;
+      fill.assign(h_count_.begin(), h_count_.end() - 1);
+      for (size_t i = 0; i < n; ++i) h_order_[size_t(fill[h_tok_[i]]++)] = int32_t(i);
+    }
+    h_group_tok_.clear();
+    h_group_start_.clear();
+    for (int v = 0; v < V; ++v)
+      if (h_count_[size_t(v) + 1] > h_count_[v]) {
+        h_group_tok_.push_back(v);
+        h_group_start_.push_back(h_count_[v]);
+      }
+    h_group_start_.push_back(int32_t(n));
+    const int groups = int(h_group_tok_.size());
+    const size_t bytes = cuda::Carver::round(n * 4) + cuda::Carver::round(groups * 4) +
+                         cuda::Carver::round((groups + 1) * 4);
+    cuda::Carver cv(scratch_.get(bytes, stream_));
+    int32_t* order = cv.take<int32_t>(n);                 // [n]
+    int32_t* group_tok = cv.take<int32_t>(groups);        // [G]
+    int32_t* group_start = cv.take<int32_t>(groups + 1);  // [G + 1]
+    BT_CUDA_CHECK(cudaMemcpyAsync(order, h_order_.data(), n * 4, cudaMemcpyHostToDevice, stream_));
+    BT_CUDA_CHECK(cudaMemcpyAsync(group_tok, h_group_tok_.data(), groups * 4, cudaMemcpyHostToDevice, stream_));
+    BT_CUDA_CHECK(
+        cudaMemcpyAsync(group_start, h_group_start_.data(), (groups + 1) * 4, cudaMemcpyHostToDevice, stream_));
+    cuda::embedding_backward(static_cast<float*>(dtable.data), dout.data, order, group_tok, group_start, groups, C,
+                             act_, stream_);
+    // The host index lists must outlive the copies.
+    BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- LayerNorm ------------------------------------------------------------------------------
+  void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, double eps) override {
+    const int C = static_cast<int>(x.dim(-1));
+    BT_CHECK(w.numel() == size_t(C) && b.numel() == size_t(C) && out.numel() == x.numel() &&
+                 (mean.empty() || mean.numel() == x.rows()) && (rstd.empty() || rstd.numel() == x.rows()),
+             "layernorm_forward: shapes x ", x.shape.str(), " w ", w.shape.str(), " out ", out.shape.str());
+    act(out, "layernorm_forward out");
+    act(x, "layernorm_forward x");
+    act(w, "layernorm_forward w");
+    act(b, "layernorm_forward b");
+    const DType st = stats_dtype(mean, rstd);
+    cuda::layernorm_forward(dev(out, "layernorm_forward"), opt(mean), opt(rstd), dev(x, "layernorm_forward"),
+                            dev(w, "layernorm_forward"), dev(b, "layernorm_forward"), x.rows(), C, float(eps), act_,
+                            st, stream_);
+  }
+  void layernorm_backward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
+                          Tensor rstd) override {
+    const int C = static_cast<int>(x.dim(-1));
+    BT_CHECK(dout.numel() == x.numel() && w.numel() == size_t(C) && mean.numel() == x.rows() &&
+                 rstd.numel() == x.rows() && (dx.empty() || dx.numel() == x.numel()) &&
+                 (dw.empty() || dw.numel() == size_t(C)) && (db.empty() || db.numel() == size_t(C)),
+             "layernorm_backward: shapes x ", x.shape.str(), " dout ", dout.shape.str(), " mean ", mean.shape.str());
+    if (!dx.empty()) act(dx, "layernorm_backward dx");
+    if (!dw.empty()) f32(dw, "layernorm_backward dw");
+    if (!db.empty()) f32(db, "layernorm_backward db");
+    act(dout, "layernorm_backward dout");
+    act(x, "layernorm_backward x");
+    act(w, "layernorm_backward w");
+    cuda::layernorm_backward(opt(dx), static_cast<float*>(opt(dw)), static_cast<float*>(opt(db)),
+                             dev(dout, "layernorm_backward"), dev(x, "layernorm_backward"),
+                             dev(w, "layernorm_backward"), dev(mean, "layernorm_backward"),
+                             dev(rstd, "layernorm_backward"), x.rows(), C, act_, stats_dtype(mean, rstd), scratch_,
+                             stream_);
+  }
+
+  // ---- linear ---------------------------------------------------------------------------------
+  void matmul_forward(Tensor out, Tensor inp, Tensor W, Tensor bias) override {
+    const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
+    BT_CHECK(inp.dim(-1) == IC && out.dim(-1) == OC && out.rows() == inp.rows() &&
+                 (bias.empty() || bias.numel() == size_t(OC)),
+             "matmul_forward: inp ", inp.shape.str(), " W ", W.shape.str(), " out ", out.shape.str());
+    act(out, "matmul_forward out");
+    act(inp, "matmul_forward inp");
+    act(W, "matmul_forward W");
+    if (!bias.empty()) act(bias, "matmul_forward bias");
+    cuda::matmul_forward(*gemm_, dev(out, "matmul_forward"), dev(inp, "matmul_forward"), dev(W, "matmul_forward"),
+                         opt(bias), inp.rows(), IC, OC, act_, stream_);
+  }
+  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) override {
+    const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
+    BT_CHECK(dout.dim(-1) == OC && dout.rows() == inp.rows() && inp.dim(-1) == IC &&
+                 (dinp.empty() || dinp.numel() == inp.numel()) && (dW.empty() || dW.numel() == W.numel()) &&
+                 (dbias.empty() || dbias.numel() == size_t(OC)),
+             "matmul_backward: dout ", dout.shape.str(), " inp ", inp.shape.str(), " W ", W.shape.str());
+    if (!dinp.empty()) act(dinp, "matmul_backward dinp");
+    if (!dW.empty()) f32(dW, "matmul_backward dW");
+    if (!dbias.empty()) f32(dbias, "matmul_backward dbias");
+    act(dout, "matmul_backward dout");
+    act(inp, "matmul_backward inp");
+    act(W, "matmul_backward W");
+    cuda::matmul_backward(*gemm_, opt(dinp), static_cast<float*>(opt(dW)), static_cast<float*>(opt(dbias)),
+                          dev(dout, "matmul_backward"), dev(inp, "matmul_backward"), dev(W, "matmul_backward"),
+                          inp.rows(), IC, OC, act_, scratch_, stream_);
+  }
+
+  // ---- attention ------------------------------------------------------------------------------
+  void qkv_rotary_forward(Tensor q, Tensor k, Tensor v, Tensor qkv, RotaryParams rope) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    BT_CHECK(q.shape.ndim == 4 && k.numel() == q.numel() && v.numel() == q.numel() && qkv.numel() == 3 * q.numel(),
+             "qkv_rotary_forward: qkv ", qkv.shape.str(), " q ", q.shape.str());
+    for (const Tensor* t : {&q, &k, &v, &qkv}) act(*t, "qkv_rotary_forward");
+    const Rope r = rope_table(rope, int(hd), Tn);
+    cuda::qkv_rotary_forward(dev(q, "qkv_rotary_forward"), dev(k, "qkv_rotary_forward"),
+                             dev(v, "qkv_rotary_forward"), dev(qkv, "qkv_rotary_forward"), int(B), int(Tn), int(H),
+                             int(hd), rope.rd, r.cos, r.sin, act_, stream_);
+  }
+  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) override {
+    if (dqkv.empty()) return;
+    const Tensor& ref = !dq.empty() ? dq : (!dk.empty() ? dk : dv);
+    if (ref.empty()) return;
+    const auto B = ref.dim(0), H = ref.dim(1), Tn = ref.dim(2), hd = ref.dim(3);
+    BT_CHECK(ref.shape.ndim == 4 && dqkv.numel() == 3 * ref.numel(), "qkv_rotary_backward: dqkv ",
+             dqkv.shape.str(), " dq ", ref.shape.str());
+    act(dqkv, "qkv_rotary_backward dqkv");
+    for (const Tensor* t : {&dq, &dk, &dv})
+      if (!t->empty()) {
+        act(*t, "qkv_rotary_backward");
+        BT_CHECK(t->numel() == ref.numel(), "qkv_rotary_backward: dq, dk, dv differ in size");
+      }
+    const Rope r = rope_table(rope, int(hd), Tn);
+    cuda::qkv_rotary_backward(dev(dqkv, "qkv_rotary_backward"), opt(dq), opt(dk), opt(dv), int(B), int(Tn), int(H), int(hd), rope.rd,
+                              r.cos, r.sin, act_, stream_);
+  }
+  Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn}; }
+  DType attention_stats_dtype() const override { return DType::f32; }
+  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    BT_CHECK(q.shape.ndim == 4 && k.numel() == q.numel() && v.numel() == q.numel() && out.numel() == q.numel() &&
+                 stats.numel() == size_t(B * H * Tn),
+             "attention_forward: q ", q.shape.str(), " out ", out.shape.str(), " stats ", stats.shape.str());
+    for (const Tensor* t : {&out, &q, &k, &v}) act(*t, "attention_forward");
+    f32(stats, "attention_forward stats (log-sum-exp)");
+    for (const Tensor* t : {&out, &stats, &q, &k, &v}) dev(*t, "attention_forward");
+    cuda::attention_forward(out.data, static_cast<float*>(stats.data), q.data, k.data, v.data, int(B), int(H),
+                            int(Tn), int(hd), act_, stream_);
+  }
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
+                          Tensor k, Tensor v) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
+    BT_CHECK(q.shape.ndim == 4 && dout.numel() == q.numel() && out.numel() == q.numel() &&
+                 stats.numel() == size_t(B * H * Tn) && (dq.empty() || dq.numel() == q.numel()) &&
+                 (dk.empty() || dk.numel() == q.numel()) && (dv.empty() || dv.numel() == q.numel()),
+             "attention_backward: q ", q.shape.str(), " dout ", dout.shape.str(), " stats ", stats.shape.str());
+    for (const Tensor* t : {&dout, &out, &q, &k, &v}) act(*t, "attention_backward");
+    for (const Tensor* t : {&dq, &dk, &dv})
+      if (!t->empty()) act(*t, "attention_backward");
+    f32(stats, "attention_backward stats");
+    for (const Tensor* t : {&dout, &out, &stats, &q, &k, &v}) dev(*t, "attention_backward");
+    cuda::attention_backward(opt(dq), opt(dk), opt(dv), dout.data, out.data, static_cast<const float*>(stats.data),
+                             q.data, k.data, v.data, int(B), int(H), int(Tn), int(hd), act_, scratch_, stream_);
+  }
+
+  // ---- inference ------------------------------------------------------------------------------
+  void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 vc.shape == kc.shape && qkv.numel() == 3 * q.numel(),
+             "qkv_rotary_cache: q ", q.shape.str(), " kc ", kc.shape.str(), " qkv ", qkv.shape.str());
+    BT_CHECK(pos0 >= 0 && pos0 + Tn <= Tmax, "qkv_rotary_cache: positions ", pos0, "..", pos0 + Tn - 1,
+             " do not fit the cache of ", Tmax);
+    for (const Tensor* t : {&q, &kc, &vc, &qkv}) act(*t, "qkv_rotary_cache");
+    const Rope r = rope_table(rope, int(hd), pos0 + Tn);
+    for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "qkv_rotary_cache");
+    cuda::qkv_rotary_cache(q.data, kc.data, vc.data, dev(qkv, "qkv_rotary_cache"), int(B), int(Tn), int(H),
+                           int(hd), rope.rd, pos0, Tmax, r.cos, r.sin, act_, stream_);
+  }
+  void attention_cached(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, int64_t pos0) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 vc.shape == kc.shape && out.numel() == q.numel() && pos0 >= 0 && pos0 + Tn <= Tmax &&
+                 (start.empty() || start.numel() == size_t(B)),
+             "attention_cached: q ", q.shape.str(), " kc ", kc.shape.str(), " out ", out.shape.str(), " pos0 ", pos0);
+    for (const Tensor* t : {&out, &q, &kc, &vc}) act(*t, "attention_cached");
+    const int32_t* st = start.empty() ? nullptr : ids(start, "attention_cached start");
+    for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "attention_cached");
+    cuda::attention_cached(dev(out, "attention_cached"), q.data, kc.data, vc.data, st, int(B), int(H), int(Tn),
+                           int(hd), pos0, Tmax, act_, stream_);
+  }
+
+  // ---- pointwise ------------------------------------------------------------------------------
+  void gelu_forward(Tensor out, Tensor x) override {
+    BT_CHECK(out.numel() == x.numel(), "gelu_forward: ", out.shape.str(), " vs ", x.shape.str());
+    act(out, "gelu_forward");
+    act(x, "gelu_forward");
+    cuda::gelu_forward(dev(out, "gelu_forward"), dev(x, "gelu_forward"), x.numel(), act_, stream_);
+  }
+  void gelu_backward(Tensor dx, Tensor dout, Tensor x) override {
+    if (dx.empty()) return;
+    BT_CHECK(dx.numel() == x.numel() && dout.numel() == x.numel(), "gelu_backward: shapes");
+    for (const Tensor* t : {&dx, &dout, &x}) act(*t, "gelu_backward");
+    cuda::gelu_backward(dev(dx, "gelu_backward"), dev(dout, "gelu_backward"), dev(x, "gelu_backward"), x.numel(),
+                        act_, stream_);
+  }
+  void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) override {
+    BT_CHECK(a.numel() == out.numel() && b.numel() == out.numel() && (c.empty() || c.numel() == out.numel()),
+             "add_forward: shapes");
+    for (const Tensor* t : {&out, &a, &b}) act(*t, "add_forward");
+    if (!c.empty()) act(c, "add_forward");
+    cuda::add_forward(dev(out, "add_forward"), dev(a, "add_forward"), dev(b, "add_forward"), opt(c), out.numel(),
+                      act_, stream_);
+  }
+  void accumulate(Tensor dst, Tensor src) override {
+    BT_CHECK(dst.numel() == src.numel(), "accumulate: ", dst.shape.str(), " += ", src.shape.str());
+    cuda::accumulate(dev(dst, "accumulate"), dst.dtype, dev(src, "accumulate"), src.dtype, dst.numel(), stream_);
+  }
+
+  // ---- Block Transformer glue ------------------------------------------------------------------
+  void td_assemble_forward(Tensor out, Tensor prefix, Tensor tok, int R, int LB) override {
+    const auto B = prefix.dim(0), N = prefix.dim(1), D = tok.dim(-1);
+    BT_CHECK(out.numel() == size_t(B * (N - 1) * (R + LB - 1) * D) && prefix.numel() == size_t(B * N * R * D) &&
+                 tok.numel() == size_t(B * N * LB * D),
+             "td_assemble_forward: out ", out.shape.str(), " prefix ", prefix.shape.str(), " tok ", tok.shape.str());
+    for (const Tensor* t : {&out, &prefix, &tok}) act(*t, "td_assemble_forward");
+    cuda::td_assemble_forward(dev(out, "td_assemble_forward"), dev(prefix, "td_assemble_forward"),
+                              dev(tok, "td_assemble_forward"), int(B), int(N), R, LB, int(D), act_, stream_);
+  }
+  void td_assemble_backward(Tensor dprefix, Tensor dtok, Tensor dout, int R, int LB) override {
+    const auto B = dprefix.dim(0), N = dprefix.dim(1), D = dtok.dim(-1);
+    BT_CHECK(dout.numel() == size_t(B * (N - 1) * (R + LB - 1) * D) && dprefix.numel() == size_t(B * N * R * D) &&
+                 dtok.numel() == size_t(B * N * LB * D),
+             "td_assemble_backward: dout ", dout.shape.str(), " dprefix ", dprefix.shape.str(), " dtok ",
+             dtok.shape.str());
+    for (const Tensor* t : {&dprefix, &dtok, &dout}) act(*t, "td_assemble_backward");
+    cuda::td_assemble_backward(opt(dprefix), opt(dtok), dev(dout, "td_assemble_backward"), int(B), int(N), R, LB,
+                               int(D), act_, stream_);
+  }
+  void td_select_forward(Tensor out, Tensor h, int R, int LB) override {
+    const auto D = h.dim(-1);
+    const size_t rows = h.numel() / size_t((R + LB - 1) * D);
+    BT_CHECK(out.numel() == rows * LB * D, "td_select_forward: out ", out.shape.str(), " h ", h.shape.str());
+    act(out, "td_select_forward");
+    act(h, "td_select_forward");
+    cuda::td_select_forward(dev(out, "td_select_forward"), dev(h, "td_select_forward"), rows, R, LB, int(D), act_,
+                            stream_);
+  }
+  void td_select_backward(Tensor dh, Tensor dout, int R, int LB) override {
+    if (dh.empty()) return;
+    const auto D = dh.dim(-1);
+    const size_t rows = dh.numel() / size_t((R + LB - 1) * D);
+    BT_CHECK(dout.numel() == rows * LB * D, "td_select_backward: dout ", dout.shape.str(), " dh ", dh.shape.str());
+    act(dh, "td_select_backward");
+    act(dout, "td_select_backward");
+    cuda::td_select_backward(dev(dh, "td_select_backward"), dev(dout, "td_select_backward"), rows, R, LB, int(D),
+                             act_, stream_);
+  }
+
+  // ---- classifier -----------------------------------------------------------------------------
+  void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) override {
+    const int V = static_cast<int>(logits.dim(-1));
+    BT_CHECK(targets.numel() == logits.rows() && losses.numel() == logits.rows() &&
+                 (dlogits.empty() || dlogits.numel() == logits.numel()),
+             "cross_entropy: logits ", logits.shape.str(), " targets ", targets.shape.str(), " losses ",
+             losses.shape.str());
+    f32(losses, "cross_entropy losses");
+    act(logits, "cross_entropy logits");
+    if (!dlogits.empty()) act(dlogits, "cross_entropy dlogits");
+    cuda::cross_entropy(static_cast<float*>(dev(losses, "cross_entropy")), opt(dlogits),
+                        dev(logits, "cross_entropy"), ids(targets, "cross_entropy targets"), logits.rows(), V,
+                        float(dscale), act_, stream_);
+  }
+
+  // ---- optimizer ------------------------------------------------------------------------------
+  double sum_squares(Tensor g) override {
+    if (g.empty() || g.numel() == 0) return 0.0;
+    return cuda::sum_squares(dev(g, "sum_squares"), g.numel(), g.dtype, scratch_, stream_);
+  }
+  void scale(Tensor t, double s) override {
+    if (t.empty()) return;
+    cuda::scale(dev(t, "scale"), t.numel(), float(s), t.dtype, stream_);
+  }
+  void adamw_update(Tensor param, Tensor master, Tensor grad, Tensor m, Tensor v, const AdamW& h) override {
+    const size_t n = param.numel();
+    BT_CHECK(grad.numel() == n && m.numel() == n && v.numel() == n && (master.empty() || master.numel() == n),
+             "adamw_update: param ", param.shape.str(), " grad ", grad.shape.str(), " m ", m.shape.str());
+    f32(grad, "adamw_update grad");
+    f32(m, "adamw_update m");
+    f32(v, "adamw_update v");
+    if (!master.empty()) f32(master, "adamw_update master");
+    const cuda::AdamWArgs a{float(h.lr),           float(h.beta1),       float(h.beta2), float(h.eps),
+                            float(h.weight_decay), float(1.0 / h.c1), float(1.0 / h.c2)};
+    cuda::adamw_update(dev(param, "adamw_update"), param.dtype, static_cast<float*>(opt(master)),
+                       static_cast<const float*>(grad.data), static_cast<float*>(m.data),
+                       static_cast<float*>(v.data), n, a, stream_);
+  }
+
+ private:
+  struct Rope {
+    const float* cos = nullptr;  // [positions, rd/2]
+    const float* sin = nullptr;
+  };
+  struct RopeTable {
+    float* cos = nullptr;
+    float* sin = nullptr;
+    int64_t positions = 0;
+  };
+
+  // cos/sin tables covering positions 0 .. positions-1 for (rd, base); computed on the host in
+  // double like the CPU reference, grown by doubling (old tables stay in the arena: queued
+  // kernels may still read them).
+  Rope rope_table(const RotaryParams& rope, int hd, int64_t positions) {
+    BT_CHECK(rope.rd >= 0 && rope.rd <= hd && rope.rd % 2 == 0, "rotary dims ", rope.rd,
+             " must be even and within the head dim ", hd,
+             " (rotary_pct gives an odd or too large count; pick a head dim that makes it even)");
+    if (rope.rd == 0 || positions == 0) return {};
+    RopeTable& t = ropes_[{rope.rd, rope.base}];
+    if (t.positions < positions) {
+      const int64_t P = std::max<int64_t>(positions, 2 * t.positions);
+      const int half = rope.rd / 2;
+      std::vector<float> c(size_t(P) * half), s(size_t(P) * half);
+      for (int i = 0; i < half; ++i) {
+        const double inv_freq = std::pow(rope.base, -2.0 * i / rope.rd);
+        for (int64_t p = 0; p < P; ++p) {
+          const double a = double(p) * inv_freq;
+          c[size_t(p) * half + i] = float(std::cos(a));
+          s[size_t(p) * half + i] = float(std::sin(a));
+        }
+      }
+      t.cos = static_cast<float*>(arena_.alloc(c.size() * 4, "rotary cos table"));
+      t.sin = static_cast<float*>(arena_.alloc(s.size() * 4, "rotary sin table"));
+      BT_CUDA_CHECK(cudaMemcpyAsync(t.cos, c.data(), c.size() * 4, cudaMemcpyHostToDevice, stream_));
+      BT_CUDA_CHECK(cudaMemcpyAsync(t.sin, s.data(), s.size() * 4, cudaMemcpyHostToDevice, stream_));
+      BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      t.positions = P;
+    }
+    return {t.cos, t.sin};
+  }
+
+  void* dev(const Tensor& t, const char* op) const {
+    BT_CHECK(!t.empty(), op, ": a required tensor is empty");
+    BT_CHECK(t.device == Device::cuda, op, ": tensor ", t.shape.str(),
+             " is in host memory; the CUDA backend takes tensors it allocated (use upload)");
+    return t.data;
+  }
+  void* opt(const Tensor& t) const { return t.empty() ? nullptr : dev(t, "cuda op"); }
+  void act(const Tensor& t, const char* op) const {
+    BT_CHECK(t.dtype == act_, op, ": tensor ", t.shape.str(), " is ", dtype_name(t.dtype), ", expected ",
+             dtype_name(act_), " (the backend's activation dtype)");
+  }
+  void f32(const Tensor& t, const char* op) const {
+    BT_CHECK(t.dtype == DType::f32, op, ": tensor ", t.shape.str(), " is ", dtype_name(t.dtype),
+             ", expected f32 (gradients of parameters, statistics and optimizer state are f32)");
+  }
+  const int32_t* ids(const Tensor& t, const char* op) const {
+    BT_CHECK(t.dtype == DType::i32, op, ": ids must be i32, not ", dtype_name(t.dtype));
+    return static_cast<const int32_t*>(dev(t, op));
+  }
+  DType stats_dtype(const Tensor& mean, const Tensor& rstd) const {
+    const Tensor& s = mean.empty() ? rstd : mean;
+    if (s.empty()) return act_;
+    BT_CHECK(mean.empty() || rstd.empty() || mean.dtype == rstd.dtype, "layernorm: mean and rstd dtypes differ");
+    return s.dtype;
+  }
+
+  DType act_;
+  int device_;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+  cuda::Arena arena_;
+  cuda::Scratch scratch_;
+  std::unique_ptr<cuda::Gemm> gemm_;  // after arena_: destroyed before its workspace goes
+  std::map<std::pair<int, double>, RopeTable> ropes_;
+  std::vector<unsigned char> staging_;
+  std::vector<int32_t> h_tok_, h_count_, h_fill_, h_order_, h_group_tok_, h_group_start_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(DType act_dtype, int device) {
+  return std::make_unique<CudaBackend>(act_dtype, device);
+}
+
+void* cuda_stream(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  return c ? static_cast<void*>(c->stream()) : nullptr;
+}
+
+CudaMemoryStats cuda_memory_stats(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  return c ? c->stats() : CudaMemoryStats{};
+}
+
+}  // namespace bt

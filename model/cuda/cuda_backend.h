@@ -1,0 +1,34 @@
+// The CUDA backend (DESIGN 3): bf16 (or fp32) parameters and activations, fp32 master weights,
+// gradients and moments; cuBLASLt GEMMs and hand-written kernels for every other op
+// (docs/cuda.md). This header has no CUDA types, so g++-compiled code (tests, trainer, NCCL
+// communicator) can use it; it exists only in builds with BT_HAVE_CUDA.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "model/backend.h"
+
+namespace bt {
+
+// Number of usable GPUs; 0 when the runtime reports any error (no driver, no device).
+int cuda_device_count();
+// cuda_device_count() > 0 and a kernel of this build ran on device 0 (right driver, right sm).
+bool cuda_usable();
+std::unique_ptr<Backend> make_cuda_backend(DType act_dtype, int device);
+
+// The stream every op of a CUDA backend runs on (a cudaStream_t), for code that must order its
+// own work with the backend's (NCCL all-reduce); null when be is not a CUDA backend.
+void* cuda_stream(Backend& be);
+
+struct CudaMemoryStats {
+  size_t arena_used = 0;      // bytes handed out as tensors (incl. the cuBLASLt workspace)
+  size_t arena_reserved = 0;  // bytes held in cudaMalloc blocks
+  size_t arena_blocks = 0;
+  size_t scratch = 0;         // bytes of the temporaries buffer
+  size_t device_used = 0;     // total - free of the device right now (all processes, context incl.)
+  size_t device_total = 0;
+};
+// Zero stats when be is not a CUDA backend.
+CudaMemoryStats cuda_memory_stats(Backend& be);
+
+}  // namespace bt
