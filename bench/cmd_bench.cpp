@@ -4,6 +4,7 @@
 #include "bench/bench_train.h"
 #include "core/commands.h"
 #include "data/bench_data.h"
+#include "infer/bench_infer.h"
 
 namespace bt {
 
@@ -38,6 +39,21 @@ void add_bench_command(CLI::App& app) {
   data->add_option("--global-batch", da->global_batch, "windows per step");
   data->add_option("--seconds", da->seconds, "how long to measure");
   data->callback([da] { bench_data(da->shards, da->L, da->global_batch, da->seconds); });
+
+  auto inf = std::make_shared<BenchInferOptions>();
+  CLI::App* infer = bench->add_subcommand(
+      "infer", "generation throughput (tokens/s, KV cache bytes) of a model, or two side by side with --vs");
+  infer->add_option("-c,--config", inf->config, "YAML config of the (first) model")->required();
+  infer->add_option("--vs", inf->vs, "YAML config of a second model to compare (e.g. the vanilla baseline)");
+  infer->add_option("overrides", inf->overrides, "section.key=value overrides applied to both configs");
+  infer->add_option("--batch", inf->batches, "batch sizes to sweep (e.g. --batch 1 4 16)")->delimiter(',');
+  infer->add_option("--prefill-heavy", inf->prefill_heavy, "PROMPT:GEN tokens (default L*15/16 : L/16)");
+  infer->add_option("--decode-heavy", inf->decode_heavy, "PROMPT:GEN tokens (default L/16 : L*15/16)");
+  infer->add_option("--settings", inf->settings, "both | prefill | decode");
+  infer->add_option("--device", inf->device, "auto | cpu | cuda");
+  infer->add_option("--repeats", inf->repeats, "timed repeats per point (the best is reported)");
+  infer->add_flag("--markdown", inf->markdown, "also print the results as a markdown table");
+  infer->callback([inf] { bench_infer(*inf); });
 }
 
 }  // namespace bt

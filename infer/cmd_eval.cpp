@@ -1,6 +1,155 @@
-// PLACEHOLDER: replaced by the real command.
+// `bt eval --ckpt DIR --data GLOB [--batches N]`: loss, perplexity and (block models) the loss per
+// position inside the block over shards, read in order (no shuffling), with the padding options of
+// the checkpoint's config. `--tokens-file` evaluates raw int32 windows instead and
+// `--dump-logits` writes every logit row (float32, the Model's row order): the peer tests compare
+// them with PyTorch.
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "core/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/timer.h"
+#include "data/loader.h"
+#include "infer/load.h"
+
 namespace bt {
-void add_eval_command(CLI::App&) {}
+
+void add_eval_command(CLI::App& app) {
+  struct Args {
+    std::string ckpt, config, data, tokens_file, dump_logits, device = "auto";
+    std::vector<std::string> overrides;
+    int batches = 0, batch_size = 0;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("eval", "loss and perplexity of a checkpoint on token shards");
+  cmd->add_option("--ckpt", a->ckpt, "checkpoint directory (or runs/NAME/checkpoints/latest, or a .safetensors "
+                                     "file with --config)")
+      ->required();
+  cmd->add_option("--config", a->config, "config describing the weights (default: the checkpoint's config.yaml)");
+  cmd->add_option("--data", a->data, "shard glob (default: the config's data.val)");
+  cmd->add_option("--batches", a->batches, "evaluate at most this many batches (0: the whole set)");
+  cmd->add_option("--batch-size", a->batch_size, "windows per forward (default: train.micro_batch)");
+  cmd->add_option("--tokens-file", a->tokens_file,
+                  "evaluate raw little-endian int32 tokens, context_length per window, instead of shards");
+  cmd->add_option("--dump-logits", a->dump_logits, "write all logit rows as raw float32 to this file");
+  cmd->add_flag("--json", a->json, "print the result as one JSON object");
+  cmd->add_option("--device", a->device, "auto | cpu | cuda");
+  cmd->add_option("overrides", a->overrides, "config overrides section.key=value");
+  cmd->callback([a] {
+    // The config first, to size the model's micro batch.
+    InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device);
+    const ModelConfig& mc = im.config.model;
+    const int L = mc.context_length;
+    int B = a->batch_size > 0 ? a->batch_size : std::max(1, im.config.train.micro_batch);
+
+    // Windows to evaluate: [n, L] tokens and mask.
+    std::vector<int32_t> tokens;
+    std::vector<uint8_t> mask;
+    std::unique_ptr<Loader> loader;
+    int64_t n_batches = 0;
+    if (!a->tokens_file.empty()) {
+      std::ifstream f(a->tokens_file, std::ios::binary | std::ios::ate);
+      BT_CHECK(f.good(), "--tokens-file ", a->tokens_file, ": cannot read");
+      const auto size = static_cast<size_t>(f.tellg());
+      BT_CHECK(size > 0 && size % (size_t(L) * 4) == 0, "--tokens-file ", a->tokens_file, ": ", size,
+               " bytes is not a whole number of windows of ", L, " int32 tokens");
+      tokens.resize(size / 4);
+      f.seekg(0);
+      f.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(size));
+      mask.assign(tokens.size(), 1);
+      const int64_t windows = static_cast<int64_t>(tokens.size()) / L;
+      B = static_cast<int>(std::min<int64_t>(B, windows));
+      n_batches = (windows + B - 1) / B;
+    } else {
+      const std::string glob = a->data.empty() ? im.config.data.val : a->data;
+      BT_CHECK(!glob.empty(), "no data to evaluate: give --data GLOB (the config has no data.val)");
+      auto stream = std::make_shared<const TokenStream>(read_shards(glob, mc.vocab_size));
+      LoaderOptions lo;
+      lo.context_length = L;
+      lo.block_length = mc.is_block() ? mc.block_length : 1;
+      lo.seed = im.config.train.seed;
+      lo.random_pad_first_block = im.config.data.random_pad_first_block;
+      lo.pad_to_block_boundary = im.config.data.pad_to_block_boundary;
+      lo.vocab_size = mc.vocab_size;
+      lo.shuffle = false;
+      lo.prefetch = false;
+      // Probe the number of windows with a batch of 1, then size the batch to the data.
+      lo.global_batch = lo.micro_batch = 1;
+      const uint64_t windows = Loader(stream, lo).windows_per_epoch();
+      BT_CHECK(windows > 0, glob, ": fewer than ", L, " tokens, not one window of model.context_length");
+      B = static_cast<int>(std::min<uint64_t>(B, windows));
+      lo.global_batch = lo.micro_batch = B;
+      loader = std::make_unique<Loader>(stream, lo);
+      n_batches = static_cast<int64_t>(loader->steps_per_epoch());
+    }
+    if (a->batches > 0) n_batches = std::min<int64_t>(n_batches, a->batches);
+
+    load_inference_weights(im, B);
+    Model& model = *im.model;
+    if (!im.ignored.empty() && !a->json)
+      log_info("{}: ignored {} tensors this model does not use: {}", im.weights, im.ignored.size(),
+               summarize_names(im.ignored));
+    std::FILE* dump = nullptr;
+    if (!a->dump_logits.empty()) {
+      dump = std::fopen(a->dump_logits.c_str(), "wb");
+      BT_CHECK(dump, "--dump-logits ", a->dump_logits, ": cannot create");
+    }
+    Timer timer;
+    LossStats total;
+    int64_t windows_done = 0;
+    std::vector<float> h_logits;
+    for (int64_t i = 0; i < n_batches; ++i) {
+      const int32_t* tk;
+      const uint8_t* mk;
+      int rows;
+      StepBatch sb;
+      if (loader) {
+        sb = loader->next();
+        tk = sb.micro[0].tokens.data();
+        mk = sb.micro[0].mask.data();
+        rows = sb.micro[0].rows;
+      } else {
+        const int64_t first = i * B;
+        rows = static_cast<int>(std::min<int64_t>(B, static_cast<int64_t>(tokens.size()) / L - first));
+        tk = tokens.data() + first * L;
+        mk = mask.data() + first * L;
+      }
+      total.add(model.forward(tk, mk, rows));
+      windows_done += rows;
+      if (dump) {
+        Tensor lg = model.logits();
+        h_logits.resize(lg.numel());
+        im.backend->download(h_logits.data(), DType::f32, lg);
+        BT_CHECK(std::fwrite(h_logits.data(), 4, h_logits.size(), dump) == h_logits.size(), "--dump-logits ",
+                 a->dump_logits, ": write failed");
+      }
+    }
+    if (dump) std::fclose(dump);
+    BT_CHECK(total.targets > 0, "no loss targets in the evaluated data (all padding?)");
+    const double loss = total.mean();
+    std::vector<double> by_pos;
+    for (size_t i = 0; i < total.pos_sum.size(); ++i)
+      by_pos.push_back(total.pos_count[i] ? total.pos_sum[i] / double(total.pos_count[i]) : 0.0);
+    if (a->json) {
+      nlohmann::json j = {{"loss", loss},       {"ppl", std::exp(loss)},         {"targets", total.targets},
+                          {"windows", windows_done}, {"loss_by_position", by_pos}, {"model", mc.kind},
+                          {"seconds", timer.seconds()}};
+      fmt::print("{}\n", j.dump());
+    } else {
+      std::string pos;
+      for (size_t i = 0; i < by_pos.size(); ++i) pos += fmt::format("{}{:.4f}", i ? " " : "", by_pos[i]);
+      fmt::print("eval {}: {} windows, {} targets | loss {:.4f} | ppl {:.2f}{} | {:.1f} s\n",
+                 im.dir.empty() ? im.weights : im.dir, windows_done, total.targets, loss, std::exp(loss),
+                 mc.is_block() ? " | loss by position in block " + pos : "", timer.seconds());
+    }
+  });
+}
+
 }  // namespace bt

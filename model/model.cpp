@@ -21,10 +21,11 @@ void LossStats::add(const LossStats& o) {
 
 Model::Model(const ModelConfig& cfg, Backend& be, int max_batch)
     : cfg_(cfg), be_(be), table_(cfg), max_B_(max_batch) {
-  BT_CHECK(max_batch >= 1, "model: micro batch must be >= 1");
+  BT_CHECK(max_batch >= 0, "model: micro batch must be >= 1 (or 0 for an inference-only model)");
   params_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.act_dtype());
-  grads_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.grad_dtype());
   be_.zero(params_);
+  if (max_batch == 0) return;  // inference only (infer/): parameters, no gradients or activations
+  grads_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.grad_dtype());
   be_.zero(grads_);
   const int64_t B = max_batch, L = cfg.context_length, V = cfg.vocab_size;
   const DType a = be_.act_dtype();
@@ -82,7 +83,9 @@ void Model::init(uint64_t seed) {
 
 void Model::set_params(const void* host, DType t) { be_.upload(params_, host, t); }
 void Model::get_params(void* host, DType t) { be_.download(host, t, params_); }
-void Model::zero_grads() { be_.zero(grads_); }
+void Model::zero_grads() {
+  if (!grads_.empty()) be_.zero(grads_);
+}
 
 Tensor Model::logits_rows(int B) const {
   const int64_t rows = cfg_.is_block() ? int64_t(B) * (cfg_.num_blocks() - 1) * cfg_.block_length
@@ -121,6 +124,7 @@ void Model::build_targets(const int32_t* tokens, const uint8_t* mask, int B) {
 }
 
 LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad, double dscale) {
+  BT_CHECK(max_B_ > 0, "model: built for inference only (max_batch 0): forward() needs a micro batch");
   BT_CHECK(B >= 1 && B <= max_B_, "model: batch of ", B, " sequences exceeds the micro batch ", max_B_,
            " the model was sized for");
   const int64_t L = cfg_.context_length, V = cfg_.vocab_size;

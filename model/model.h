@@ -23,7 +23,8 @@ struct LossStats {
 
 class Model {
  public:
-  // max_batch: the largest micro-batch (sequences of context_length tokens) forward will see.
+  // max_batch: the largest micro-batch (sequences of context_length tokens) forward will see;
+  // 0 makes an inference-only model (parameters only, for infer/'s cached decoding).
   Model(const ModelConfig& cfg, Backend& be, int max_batch);
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }

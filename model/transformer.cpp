@@ -197,4 +197,84 @@ void TransformerStack::backward(Tensor dout, Tensor dx) {
   be_.accumulate(dx.view({B, T, D}), dcur);
 }
 
+// ---- inference --------------------------------------------------------------------------------
+
+size_t KVCache::bytes() const {
+  size_t n = 0;
+  for (const Tensor& t : k) n += t.bytes();
+  for (const Tensor& t : v) n += t.bytes();
+  return n;
+}
+
+KVCache make_kv_cache(Backend& be, const StackDims& d, int64_t B, int64_t Tmax) {
+  KVCache c;
+  c.B = B;
+  c.Tmax = Tmax;
+  for (int l = 0; l < d.layers; ++l) {
+    c.k.push_back(be.alloc({B, d.H, Tmax, d.hd}, be.act_dtype()));
+    c.v.push_back(be.alloc({B, d.H, Tmax, d.hd}, be.act_dtype()));
+    be.zero(c.k.back());
+    be.zero(c.v.back());
+  }
+  return c;
+}
+
+void TransformerStack::reserve_cached(int64_t max_tokens) {
+  if (max_tokens <= cached_max_) return;
+  cached_max_ = max_tokens;
+  const int64_t n = max_tokens, D = d_.D, F = d_.F;
+  const DType a = be_.act_dtype();
+  auto al = [&](Shape s) { return be_.alloc(s, a); };
+  cs_.ln = al({n, D});
+  cs_.mean = al({n});
+  cs_.rstd = al({n});
+  cs_.qkv = al({n, 3 * D});
+  cs_.q = al({n, D});
+  cs_.atty = al({n, D});
+  cs_.attn_out = al({n, D});
+  cs_.fch = al({n, F});
+  cs_.fch_gelu = al({n, F});
+  cs_.mlp_out = al({n, D});
+  cs_.res_a = al({n, D});
+  cs_.res_b = al({n, D});
+  cs_.out = al({n, D});
+}
+
+Tensor TransformerStack::forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start) {
+  BT_CHECK(cache.B == B && static_cast<int>(cache.k.size()) == d_.layers, "forward_cached: a cache for ", cache.B,
+           " sequences and ", cache.k.size(), " layers given to a batch of ", B, " and ", d_.layers, " layers");
+  BT_CHECK(pos0 + T <= cache.Tmax, "forward_cached: positions up to ", pos0 + T, " exceed the KV cache length ",
+           cache.Tmax);
+  reserve_cached(B * T);
+  const int64_t D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
+  auto v = [](Tensor t, Shape s) { return Tensor(t.data, s, t.dtype, t.device); };
+  Tensor cur = x.view({B, T, D});
+  Tensor ln = v(cs_.ln, {B, T, D}), mean = v(cs_.mean, {B * T}), rstd = v(cs_.rstd, {B * T});
+  Tensor qkv = v(cs_.qkv, {B, T, 3 * D}), q = v(cs_.q, {B, H, T, hd});
+  Tensor atty = v(cs_.atty, {B, T, D}), attn_out = v(cs_.attn_out, {B, T, D});
+  Tensor fch = v(cs_.fch, {B, T, F}), fg = v(cs_.fch_gelu, {B, T, F}), mlp = v(cs_.mlp_out, {B, T, D});
+  Tensor bufs[2] = {v(cs_.res_a, {B, T, D}), v(cs_.res_b, {B, T, D})};
+  for (int l = 0; l < d_.layers; ++l) {
+    const LayerTensors& w = p_.layers[l];
+    Tensor res = cur;
+    // attention branch: LN1 -> QKV -> rotary into the cache -> attention over the cache -> dense
+    be_.layernorm_forward(ln, mean, rstd, res, w.ln1_w, w.ln1_b, d_.eps);
+    be_.matmul_forward(qkv, ln, w.qkv_w, w.qkv_b);
+    be_.qkv_rotary_cache(q, cache.k[l], cache.v[l], qkv, pos0, d_.rope);
+    be_.attention_cached(atty, q, cache.k[l], cache.v[l], start, pos0);
+    be_.matmul_forward(attn_out, atty, w.attn_w, w.attn_b);
+    // MLP branch (parallel residual)
+    be_.layernorm_forward(ln, mean, rstd, res, w.ln2_w, w.ln2_b, d_.eps);
+    be_.matmul_forward(fch, ln, w.fc_w, w.fc_b);
+    be_.gelu_forward(fg, fch);
+    be_.matmul_forward(mlp, fg, w.proj_w, w.proj_b);
+    Tensor next = bufs[l % 2];
+    be_.add_forward(next, res, attn_out, mlp);
+    cur = next;
+  }
+  Tensor out = v(cs_.out, {B, T, D});
+  be_.layernorm_forward(out, mean, rstd, cur, p_.lnf_w, p_.lnf_b, d_.eps);
+  return out;
+}
+
 }  // namespace bt

@@ -39,6 +39,14 @@ struct StackDims {
 StackTensors stack_views(const ParamTable& table, Tensor flat, const std::string& prefix, int layers);
 Tensor param_view(const ParamTable& table, Tensor flat, const std::string& name);
 
+// Per-layer key/value caches of one stack, for inference (infer/): k[l], v[l] [B, H, Tmax, hd].
+struct KVCache {
+  std::vector<Tensor> k, v;
+  int64_t B = 0, Tmax = 0;
+  size_t bytes() const;  // all layers, keys and values
+};
+KVCache make_kv_cache(Backend& be, const StackDims& d, int64_t B, int64_t Tmax);
+
 class TransformerStack {
  public:
   TransformerStack(Backend& be, StackDims dims, StackTensors params, StackTensors grads);
@@ -52,7 +60,22 @@ class TransformerStack {
   void backward(Tensor dout, Tensor dx);
   const StackDims& dims() const { return d_; }
 
+  // ---- inference (no backward; the training buffers above are not used) ----------------------
+  // Scratch for forward_cached calls of up to max_tokens rows (B * T); grows when needed.
+  void reserve_cached(int64_t max_tokens);
+  // x [B, T, D] at absolute positions pos0 .. pos0+T-1 -> [B, T, D] after the final LayerNorm
+  // (valid until the next call). The layers' keys and values of these positions are written into
+  // cache, which holds positions < pos0 from earlier calls; start [B] i32 (or empty) hides each
+  // sequence's left padding. The same per-layer op sequence as forward().
+  Tensor forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start);
+
  private:
+  struct CachedScratch {  // [max_tokens, ...] each
+    Tensor ln, mean, rstd, qkv, q, atty, attn_out, fch, fch_gelu, mlp_out, res_a, res_b, out;
+  };
+  CachedScratch cs_;
+  int64_t cached_max_ = 0;
+
   struct LayerActs {
     Tensor res;        // [B, T, D] layer input (residual stream)
     Tensor ln1, ln2;   // [B, T, D]

@@ -41,6 +41,29 @@ void AdamW::sync_master_from_params() {
   be.upload(master_, host.data(), DType::f32);
 }
 
+void AdamW::get_state(float* m, float* v, float* master) const {
+  Backend& be = model_.backend();
+  be.download(m, DType::f32, m_);
+  be.download(v, DType::f32, v_);
+  if (master) {
+    if (master_.empty())
+      be.download(master, DType::f32, sub(model_.params(), begin_, end_ - begin_));
+    else
+      be.download(master, DType::f32, master_);
+  }
+}
+
+void AdamW::set_state(const float* m, const float* v, const float* master) {
+  Backend& be = model_.backend();
+  be.upload(m_, m, DType::f32);
+  be.upload(v_, v, DType::f32);
+  if (master_.empty()) return;
+  if (master)
+    be.upload(master_, master, DType::f32);
+  else
+    sync_master_from_params();
+}
+
 void AdamW::step(double lr) {
   ++t_;
   Backend& be = model_.backend();

@@ -23,6 +23,10 @@ class AdamW {
   size_t end() const { return end_; }
   // Copies the parameters into the master copy (after loading or broadcasting weights).
   void sync_master_from_params();
+  // The state as fp32 host arrays of end() - begin() values, for checkpoints. master may be null
+  // (skipped on get; on set: the master copy is taken from the parameters).
+  void get_state(float* m, float* v, float* master) const;
+  void set_state(const float* m, const float* v, const float* master);
 
  private:
   Model& model_;

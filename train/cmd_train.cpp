@@ -1,9 +1,11 @@
-// `bt train --config FILE [section.key=value ...]`: load, validate, print or train.
+// `bt train --config FILE [section.key=value ...] [--resume auto|PATH] [--init-from FILE]`:
+// load, validate, print or train. SIGTERM / SIGUSR1 save a checkpoint and exit 0 (preemption).
 #include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "core/commands.h"
 #include "core/log.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "train/comm.h"
 #include "train/trainer.h"
@@ -15,22 +17,46 @@ void add_train_command(CLI::App& app) {
     std::string config;
     std::vector<std::string> overrides;
     bool print_config = false;
+    std::string resume;
+    std::string init_from;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("train", "train a Block Transformer or a vanilla model from a YAML config");
-  cmd->add_option("-c,--config", args->config, "YAML config (configs/tiny/block_b4.yaml, configs/paper/...)")
-      ->required();
+  cmd->add_option("-c,--config", args->config,
+                  "YAML config (configs/tiny/block_b4.yaml, configs/paper/...); optional with --resume PATH, "
+                  "which then uses the checkpoint's config.yaml");
   cmd->add_option("overrides", args->overrides, "overrides: section.key=value (e.g. train.steps=200)");
   cmd->add_flag("--print-config", args->print_config, "print the resolved config and exit");
+  cmd->add_option("--resume", args->resume,
+                  "continue from a checkpoint: 'auto' (train.out_dir/checkpoints/latest when present, else a fresh "
+                  "start) or a checkpoint directory");
+  cmd->add_option("--init-from", args->init_from,
+                  "start from the weights of a safetensors file in the official PyTorch naming (fine-tuning); "
+                  "tensors this model does not use are reported and ignored");
   cmd->callback([args] {
-    Config cfg = load_config(args->config, args->overrides);
+    Config cfg;
+    if (!args->config.empty()) {
+      cfg = load_config(args->config, args->overrides);
+    } else {
+      BT_CHECK(!args->resume.empty() && args->resume != "auto",
+               "bt train needs --config FILE (or --resume CHECKPOINT, which uses the checkpoint's config.yaml)");
+      const std::string dir = resolve_checkpoint(args->resume);
+      cfg = load_config(dir + "/config.yaml", args->overrides);
+    }
     if (args->print_config) {
       std::cout << to_yaml(cfg);
       return;
     }
+    BT_CHECK(args->resume.empty() || args->init_from.empty(),
+             "--resume and --init-from exclude each other: a resumed run continues from its own weights");
+    install_stop_signal_handlers();
     auto comm = make_communicator(Device::cpu);
-    Trainer trainer(cfg, *comm);
+    TrainOptions opt;
+    opt.resume = args->resume;
+    opt.init_from = args->init_from;
+    Trainer trainer(cfg, *comm, opt);
     trainer.run();
+    if (stop_requested()) log_info("stopped by signal at step {}; resume with --resume auto", trainer.step());
   });
 }
 

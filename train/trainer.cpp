@@ -3,17 +3,38 @@
 
 #include <fmt/core.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
 #include "core/log.h"
 #include "core/timer.h"
+#include "model/checkpoint.h"
 #include "optim/lr_schedule.h"
 
 namespace bt {
 
 namespace fs = std::filesystem;
+
+namespace {
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+}  // namespace
+
+void install_stop_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+bool stop_requested() { return g_stop != 0; }
+void request_stop(bool on) { g_stop = on ? 1 : 0; }
 
 int64_t count_targets(const ModelConfig& m, const uint8_t* mask, int rows) {
   const int L = m.context_length;
@@ -24,7 +45,8 @@ int64_t count_targets(const ModelConfig& m, const uint8_t* mask, int rows) {
   return n;
 }
 
-Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt) : cfg_(cfg), comm_(comm), topt_(opt) {
+Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
+    : cfg_(cfg), comm_(comm), topt_(opt), rng_(cfg.train.seed, hash_name("trainer")) {
   const TrainConfig& t = cfg_.train;
   const int world = comm_.world();
   BT_CHECK(t.global_batch % (t.micro_batch * world) == 0, "train.global_batch (", t.global_batch,
@@ -76,12 +98,166 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt) : cfg_
     val_loader_ = std::make_unique<Loader>(val_stream_, vo);
   }
 
+  // Where to start from: a checkpoint (resume), official weights (fine-tuning), or the init.
+  std::string resume_dir;
+  if (topt_.resume == "auto") {
+    BT_CHECK(!t.out_dir.empty(), "--resume auto needs train.out_dir (checkpoints live in out_dir/checkpoints)");
+    resume_dir = find_latest_checkpoint(checkpoint_root());
+    if (resume_dir.empty() && !topt_.quiet) log_info("resume auto: no checkpoint in {} yet, starting fresh", checkpoint_root());
+  } else if (!topt_.resume.empty()) {
+    resume_dir = resolve_checkpoint(topt_.resume);
+  }
+  if (!resume_dir.empty()) {
+    restore(resume_dir);
+  } else {
+    if (!topt_.init_from.empty()) init_from(topt_.init_from);
+    if (comm_.rank() == 0 && !t.out_dir.empty() && !topt_.quiet) {
+      auto existing = list_checkpoints(checkpoint_root());
+      if (!existing.empty())
+        log_warn("{} already holds checkpoints up to step {}; this fresh run replaces them as it reaches those steps "
+                 "(use --resume auto to continue instead)", checkpoint_root(), existing.back().first);
+    }
+  }
+
   if (comm_.rank() == 0 && !t.out_dir.empty()) {
     fs::create_directories(t.out_dir);
     std::ofstream(fs::path(t.out_dir) / "config.yaml") << to_yaml(cfg_);
     metrics_ = std::make_unique<MetricsWriter>((fs::path(t.out_dir) / "metrics.jsonl").string());
   }
   if (!topt_.quiet) log_start();
+}
+
+std::string Trainer::checkpoint_root() const {
+  return cfg_.train.out_dir.empty() ? "" : (fs::path(cfg_.train.out_dir) / "checkpoints").string();
+}
+
+std::string Trainer::save_checkpoint() {
+  std::string dir;
+  if (comm_.rank() == 0 && !cfg_.train.out_dir.empty()) {
+    Timer timer;
+    const ParamTable& tb = model_->table();
+    const size_t total = tb.total();
+    std::vector<float> params(total, 0.f), m(total, 0.f), v(total, 0.f), master;
+    model_->get_params(params.data(), DType::f32);
+    // Checkpoints hold full tensors so that any world size can resume. A sharded optimizer
+    // (ZeRO-1) must gather its shards to rank 0 here before this can hold.
+    BT_CHECK(opt_->begin() == 0 && opt_->end() == total,
+             "checkpoint: the optimizer state is sharded; gathering shards for checkpoints is not implemented");
+    const size_t b = opt_->begin();
+    const bool has_master = !opt_->master().empty();
+    if (has_master) master.assign(total, 0.f);
+    opt_->get_state(m.data() + b, v.data() + b, has_master ? master.data() + b : nullptr);
+    CheckpointContents c;
+    c.step = step_;
+    c.config = &cfg_;
+    c.table = &tb;
+    c.params = params.data();
+    c.optimizer = flat_tensors(tb, m.data(), ".exp_avg");
+    for (auto& x : flat_tensors(tb, v.data(), ".exp_avg_sq")) c.optimizer.push_back(x);
+    if (has_master)
+      for (auto& x : flat_tensors(tb, master.data(), ".master")) c.optimizer.push_back(x);
+    const Rng::State rs = rng_.state();
+    c.trainer_state = {
+        {"step", step_},
+        {"optimizer_steps", opt_->steps_done()},
+        {"tokens_seen", tokens_seen_},
+        {"loader", loader_->state().to_json()},
+        {"rng", {{"s", {rs.s[0], rs.s[1], rs.s[2], rs.s[3]}}, {"spare", rs.spare}, {"has_spare", rs.has_spare}}},
+        {"lr", step_ > 0 ? lr_at(cfg_.optim, step_ - 1, cfg_.train.steps) : 0.0},
+        {"config_hash", config_hash(cfg_)},
+        {"world_size", comm_.world()},
+        {"precision", cfg_.train.precision},
+        {"data_train", cfg_.data.train},
+    };
+    // The tokenizer files of the data, so generate / eval need only the checkpoint.
+    if (!cfg_.data.train.empty()) {
+      try {
+        const fs::path shard_dir = fs::path(expand_shard_list(cfg_.data.train).front()).parent_path();
+        for (const char* f : {"tokenizer.json", "tokenizer.model"})
+          if (fs::exists(shard_dir / f)) c.copy_files.push_back((shard_dir / f).string());
+      } catch (const Error&) {
+      }
+    }
+    dir = bt::save_checkpoint(checkpoint_root(), c, cfg_.train.keep_checkpoints);
+    if (!topt_.quiet) log_info("checkpoint: {} ({:.2f} s)", dir, timer.seconds());
+  }
+  last_saved_step_ = step_;
+  comm_.barrier();
+  return dir;
+}
+
+void Trainer::restore(const std::string& dir) {
+  const Config ck = load_checkpoint_config(dir);
+  check_same_model(ck.model, cfg_.model, "checkpoint " + dir);
+  if (config_hash(ck) != config_hash(cfg_) && !topt_.quiet) {
+    std::vector<std::string> diff;
+    if (!(ck.data == cfg_.data)) diff.push_back("data");
+    if (!(ck.optim == cfg_.optim)) diff.push_back("optim");
+    if (!(ck.train == cfg_.train)) diff.push_back("train");
+    std::string d;
+    for (auto& x : diff) d += (d.empty() ? "" : ", ") + x;
+    log_warn("resuming {} with a config that differs from the checkpoint's in: {}", dir, d.empty() ? "name" : d);
+  }
+  const nlohmann::json st = load_trainer_state(dir);
+  const ParamTable& tb = model_->table();
+  const size_t total = tb.total();
+  std::vector<float> params(total, 0.f);
+  const std::string model_file = (fs::path(dir) / "model.safetensors").string();
+  load_weights(model_file, tb, params.data());
+  model_->set_params(params.data(), DType::f32);
+
+  const std::string opt_file = (fs::path(dir) / "optimizer.safetensors").string();
+  BT_CHECK(fs::exists(opt_file), "checkpoint ", dir, " has no optimizer.safetensors: it holds weights only "
+           "(use --init-from ", model_file, " to fine-tune from it)");
+  {
+    SafetensorsReader f(opt_file);
+    std::vector<float> m(total, 0.f), v(total, 0.f), master(total, 0.f);
+    BT_CHECK(load_flat_by_suffix(f, tb, ".exp_avg", m.data()) && load_flat_by_suffix(f, tb, ".exp_avg_sq", v.data()),
+             opt_file, ": no AdamW moments (NAME.exp_avg, NAME.exp_avg_sq)");
+    const bool has_master = load_flat_by_suffix(f, tb, ".master", master.data());
+    const size_t b = opt_->begin();
+    opt_->set_state(m.data() + b, v.data() + b, has_master ? master.data() + b : nullptr);
+  }
+  auto get_i64 = [&](const char* k) -> int64_t {
+    BT_CHECK(st.contains(k) && st[k].is_number_integer(), dir, "/trainer_state.json: missing or bad '", k, "'");
+    return st[k].get<int64_t>();
+  };
+  step_ = get_i64("step");
+  opt_->set_steps_done(st.contains("optimizer_steps") ? get_i64("optimizer_steps") : step_);
+  tokens_seen_ = st.contains("tokens_seen") ? get_i64("tokens_seen") : 0;
+  BT_CHECK(st.contains("loader"), dir, "/trainer_state.json: missing 'loader'");
+  const LoaderState ls = LoaderState::from_json(st["loader"]);
+  if (ls.windows_per_epoch != 0 && ls.windows_per_epoch != loader_->windows_per_epoch())
+    log_warn("the training data changed since the checkpoint ({} windows per epoch then, {} now): the loader "
+             "continues at the same position of a different permutation", ls.windows_per_epoch,
+             loader_->windows_per_epoch());
+  loader_->set_state(ls);
+  if (st.contains("rng") && st["rng"].contains("s")) {
+    Rng::State rs{};
+    for (int i = 0; i < 4; ++i) rs.s[i] = st["rng"]["s"][i].get<uint64_t>();
+    rs.spare = st["rng"].value("spare", 0.0);
+    rs.has_spare = st["rng"].value("has_spare", false);
+    rng_.set_state(rs);
+  }
+  last_saved_step_ = step_;
+  if (!topt_.quiet) log_info("resumed from {} at step {}", dir, step_);
+}
+
+void Trainer::init_from(const std::string& file) {
+  const ParamTable& tb = model_->table();
+  std::vector<float> params(tb.total(), 0.f);
+  const std::vector<std::string> extra = load_weights(file, tb, params.data());
+  model_->set_params(params.data(), DType::f32);
+  opt_->sync_master_from_params();
+  if (!topt_.quiet) {
+    log_info("init-from {}: loaded {} tensors", file, tb.entries().size());
+    if (!extra.empty()) {
+      std::string names;
+      for (size_t i = 0; i < extra.size() && i < 6; ++i) names += (i ? ", " : "") + extra[i];
+      if (extra.size() > 6) names += ", ...";
+      log_info("init-from {}: ignored {} tensors this model does not use: {}", file, extra.size(), names);
+    }
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -127,6 +303,7 @@ double Trainer::train_step() {
   const double lr = lr_at(cfg_.optim, step_, cfg_.train.steps);
   opt_->step(lr);
   ++step_;
+  tokens_seen_ += int64_t(cfg_.train.global_batch) * cfg_.model.context_length;
   const double loss = sums[0] / sums[1];
   losses_.push_back(loss);
   BT_CHECK(std::isfinite(loss), "step ", step_, ": the loss is not finite (", loss,
@@ -166,8 +343,21 @@ void Trainer::run() {
   Timer total, window;
   int64_t window_steps = 0;
   const int64_t start = step_;
+  stopped_early_ = false;
+  auto stop_now = [&] {
+    double flag = stop_requested() ? 1.0 : 0.0;
+    if (comm_.world() > 1) comm_.all_reduce_host(&flag, 1, ReduceOp::sum);  // every rank stops at the same step
+    return flag > 0;
+  };
   while (step_ < t.steps) {
-    if (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after) break;
+    const bool by_signal = stop_now();
+    if (by_signal || (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after)) {
+      if (!topt_.quiet)
+        log_info("{} at step {}: saving a checkpoint", by_signal ? "stop signal received" : "stopping", step_);
+      if (last_saved_step_ != step_) save_checkpoint();
+      stopped_early_ = true;
+      return;
+    }
     const double loss = train_step();
     ++window_steps;
     const bool last = step_ == t.steps;
@@ -203,7 +393,13 @@ void Trainer::run() {
       window.reset();
       window_steps = 0;
     }
+    if (t.checkpoint_every > 0 && (step_ % t.checkpoint_every == 0 || last)) {
+      save_checkpoint();
+      window.reset();
+      window_steps = 0;
+    }
   }
+  if (step_ > 0 && last_saved_step_ != step_ && !cfg_.train.out_dir.empty()) save_checkpoint();
 }
 
 }  // namespace bt

@@ -1,11 +1,13 @@
-// The training loop (DESIGN 5, 8): data-parallel steps with gradient accumulation, global-norm
+// The training loop (DESIGN 5, 6, 8): data-parallel steps with gradient accumulation, global-norm
 // clipping, AdamW with the lr schedule, logging to the console and metrics.jsonl, periodic
-// validation. One Trainer per process; ranks talk through a Communicator.
+// validation, checkpoints (every train.checkpoint_every steps, at the end, and when preempted by
+// SIGTERM / SIGUSR1) and exact resume. One Trainer per process; ranks talk through a Communicator.
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/rng.h"
 #include "data/loader.h"
 #include "model/backend.h"
 #include "model/config.h"
@@ -17,9 +19,17 @@
 namespace bt {
 
 struct TrainOptions {
-  int64_t stop_after = -1;  // stop (as if preempted) after this many steps in this process; -1: run to the end
+  int64_t stop_after = -1;  // stop (as if preempted: checkpoint saved) after this many steps; -1: run to the end
   bool quiet = false;       // no console progress lines (tests)
+  std::string resume;       // "" (fresh run), "auto" (out_dir/checkpoints/latest if present) or a checkpoint path
+  std::string init_from;    // a safetensors file in the official naming to start from (fine-tuning)
 };
+
+// SIGTERM / SIGUSR1 (preemption) set a flag that the training loop checks between steps: it saves a
+// checkpoint and returns. Installed by `bt train`; tests may call request_stop() instead.
+void install_stop_signal_handlers();
+bool stop_requested();
+void request_stop(bool on = true);
 
 class Trainer {
  public:
@@ -31,11 +41,22 @@ class Trainer {
   double train_step();
   // Validation loss over eval_batches micro-batches per rank of the val set (from its start).
   LossStats evaluate();
+  // Writes a checkpoint of the current step under out_dir/checkpoints (rank 0 writes; every rank
+  // must call it). Returns the directory ("" on other ranks or without out_dir).
+  std::string save_checkpoint();
+  // Restores weights, optimizer moments and steps, loader position, RNG and step from a checkpoint.
+  void restore(const std::string& checkpoint_dir);
+  // Loads official-named weights from a safetensors file (extras are reported and ignored).
+  void init_from(const std::string& safetensors_file);
+  std::string checkpoint_root() const;
+  // Why run() returned: finished train.steps, stop_after reached, or a stop signal.
+  bool stopped_early() const { return stopped_early_; }
 
   Model& model() { return *model_; }
   AdamW& optimizer() { return *opt_; }
   Loader& loader() { return *loader_; }
   int64_t step() const { return step_; }
+  int64_t tokens_seen() const { return tokens_seen_; }
   const std::vector<double>& losses() const { return losses_; }
   double last_grad_norm() const { return last_grad_norm_; }
 
@@ -52,6 +73,10 @@ class Trainer {
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
   int accum_ = 1;
   int64_t step_ = 0;
+  int64_t tokens_seen_ = 0;    // non-pad tokens consumed by training steps, all ranks
+  int64_t last_saved_step_ = -1;
+  bool stopped_early_ = false;
+  Rng rng_;                    // trainer-level randomness (saved in checkpoints)
   std::vector<double> losses_;
   double last_grad_norm_ = 0;
 };

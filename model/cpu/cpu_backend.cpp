@@ -95,11 +95,23 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(p(dq), p(dk), p(dv), p(dout), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
   }
 
-  void qkv_rotary_cache(Tensor, Tensor, Tensor, Tensor, int64_t, RotaryParams) override {
-    BT_FAIL("qkv_rotary_cache: not implemented on the CPU yet");
+  void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(kc.shape == vc.shape && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 qkv.numel() == 3 * q.numel(),
+             "qkv_rotary_cache: q ", q.shape.str(), " kc ", kc.shape.str(), " vc ", vc.shape.str(), " qkv ",
+             qkv.shape.str());
+    cpu::qkv_rotary_cache(p(q), p(kc), p(vc), p(qkv), B, (int)Tn, (int)H, (int)hd, (int)Tmax, pos0, rope.rd,
+                          rope.base);
   }
-  void attention_cached(Tensor, Tensor, Tensor, Tensor, Tensor, int64_t) override {
-    BT_FAIL("attention_cached: not implemented on the CPU yet");
+  void attention_cached(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, int64_t pos0) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(kc.shape == vc.shape && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 out.numel() == q.numel() && (start.empty() || start.numel() == static_cast<size_t>(B)),
+             "attention_cached: out ", out.shape.str(), " q ", q.shape.str(), " kc ", kc.shape.str(), " start ",
+             start.shape.str());
+    cpu::attention_cached(p(out), p(q), p(kc), p(vc), start.empty() ? nullptr : start.ptr<int32_t>(), B, (int)Tn,
+                          (int)H, (int)hd, (int)Tmax, pos0);
   }
 
   void gelu_forward(Tensor out, Tensor x) override { cpu::gelu_forward(p(out), p(x), x.numel()); }

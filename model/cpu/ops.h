@@ -69,4 +69,17 @@ template <class T> void td_select_backward(T* dh, const T* dout, size_t rows, in
 template <class T>
 void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, size_t n, int V, double dscale);
 
+// ---- inference with KV caches (model/cpu/attention_cached.cpp) --------------------------------
+// qkv [B, T, H, 3, hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] with rotary at
+// those positions (the same cos/sin as qkv_rotary_forward at that position), and k (rotary), v
+// written into kc, vc [B, H, Tmax, hd] at positions pos0 .. pos0+T-1.
+template <class T>
+void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H, int hd, int Tmax, int64_t pos0,
+                      int rd, double base);
+// out [B, T, H * hd]: query t (position pos0 + t) attends to cache positions start[b] .. pos0 + t;
+// start [B] may be null (0). A query with no visible key gets zeros.
+template <class T>
+void attention_cached(T* out, const T* q, const T* kc, const T* vc, const int32_t* start, size_t B, int Tn, int H,
+                      int hd, int Tmax, int64_t pos0);
+
 }  // namespace bt::cpu

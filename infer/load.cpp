@@ -1,0 +1,79 @@
+// Loading a model and its tokenizer for inference: see load.h.
+#include "infer/load.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/token_stream.h"
+#include "model/checkpoint.h"
+
+namespace bt {
+
+namespace fs = std::filesystem;
+
+std::string summarize_names(const std::vector<std::string>& names, size_t max_shown) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < max_shown; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > max_shown) s += ", ... (" + std::to_string(names.size() - max_shown) + " more)";
+  return s;
+}
+
+InferenceModel load_inference_model(const std::string& ckpt, const std::string& config_path,
+                                    const std::vector<std::string>& overrides, const std::string& device,
+                                    int max_batch) {
+  InferenceModel r = open_inference_model(ckpt, config_path, overrides, device);
+  load_inference_weights(r, max_batch);
+  return r;
+}
+
+InferenceModel open_inference_model(const std::string& ckpt, const std::string& config_path,
+                                    const std::vector<std::string>& overrides, const std::string& device) {
+  InferenceModel r;
+  const bool bare = fs::is_regular_file(ckpt) && fs::path(ckpt).extension() == ".safetensors";
+  if (bare) {
+    BT_CHECK(!config_path.empty(), ckpt, " is a bare weights file: give --config with the model it holds");
+    r.weights = ckpt;
+    r.config = load_config(config_path, overrides);
+  } else {
+    r.dir = resolve_checkpoint(ckpt);
+    r.weights = (fs::path(r.dir) / "model.safetensors").string();
+    BT_CHECK(fs::exists(r.weights), "checkpoint ", r.dir, " has no model.safetensors");
+    r.config = config_path.empty() ? load_config((fs::path(r.dir) / "config.yaml").string(), overrides)
+                                   : load_config(config_path, overrides);
+  }
+  BackendOptions bo;
+  bo.device = device;
+  bo.precision = r.config.train.precision;
+  if (device == "cpu" || (device == "auto" && !cuda_available())) bo.precision = "fp32";
+  r.backend = make_backend(bo);
+  return r;
+}
+
+void load_inference_weights(InferenceModel& r, int max_batch) {
+  r.model = std::make_unique<Model>(r.config.model, *r.backend, max_batch);
+  std::vector<float> flat(r.model->table().total(), 0.f);
+  r.ignored = load_weights(r.weights, r.model->table(), flat.data());
+  r.model->set_params(flat.data(), DType::f32);
+}
+
+std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::string& spec) {
+  if (!spec.empty()) {
+    if (fs::is_directory(spec)) return load_tokenizer_from_dir(spec);
+    return make_tokenizer(spec);
+  }
+  if (!m.dir.empty() && fs::exists(fs::path(m.dir) / "tokenizer.json")) return load_tokenizer_from_dir(m.dir);
+  // The shards the run trained on (when still present).
+  std::vector<std::string> globs = {m.config.data.train, m.config.data.val};
+  for (const auto& g : globs) {
+    if (g.empty()) continue;
+    try {
+      const auto shards = expand_shard_list(g);
+      if (!shards.empty()) return load_tokenizer_for_shard_file(shards.front());
+    } catch (const Error&) {
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace bt

@@ -1,0 +1,46 @@
+// Loading a model for inference (`bt generate`, `bt eval`, `bt bench infer`): from a checkpoint
+// directory (config.yaml + model.safetensors), or from a bare safetensors file in the official
+// naming plus a config that describes it (official released checkpoints).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/model.h"
+
+namespace bt {
+
+struct InferenceModel {
+  std::string dir;      // the checkpoint directory ("" for a bare safetensors file)
+  std::string weights;  // the safetensors file that was loaded
+  Config config;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Model> model;
+  std::vector<std::string> ignored;  // tensors in the file that the model does not use
+};
+
+// ckpt: a checkpoint directory / latest link / run directory, or a .safetensors file (then
+// config_path is required). config_path, when given, overrides the checkpoint's config.yaml.
+// device: auto | cpu | cuda. max_batch: 0 for cached decoding only, else the micro batch of
+// Model::forward (eval, naive generation).
+InferenceModel load_inference_model(const std::string& ckpt, const std::string& config_path,
+                                    const std::vector<std::string>& overrides, const std::string& device,
+                                    int max_batch);
+// The same in two steps: resolve the checkpoint, its config and the backend; then build the model
+// with a micro batch known only after reading the config, and load the weights.
+InferenceModel open_inference_model(const std::string& ckpt, const std::string& config_path,
+                                    const std::vector<std::string>& overrides, const std::string& device);
+void load_inference_weights(InferenceModel& m, int max_batch);
+
+// The tokenizer for a checkpoint: `spec` when given ("byte", "spm:PATH" or a directory with
+// tokenizer.json), else the checkpoint's own tokenizer.json, else the one of the shards it was
+// trained on. Returns null when none is found.
+std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::string& spec);
+
+// "a, b, c (and N more)"
+std::string summarize_names(const std::vector<std::string>& names, size_t max_shown = 6);
+
+}  // namespace bt

@@ -1,0 +1,131 @@
+// Inference attention with KV caches (infer/): the QKV split with rotary at absolute positions
+// written into per-layer caches, and causal attention of new queries over the cache.
+//
+// The arithmetic follows model/cpu/attention.cpp step by step (angles in double rounded to T,
+// scores = dot * scale, max-subtracted exp, multiply by 1/sum, out = sum_j p_j v_j), so a cached
+// forward reproduces the training forward's values for the same positions.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "model/cpu/ops.h"
+
+namespace bt::cpu {
+
+namespace {
+
+template <class T>
+inline T dot(const T* a, const T* b, int n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <class T>
+inline void axpy(T* y, T a, const T* x, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace
+
+template <class T>
+void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H, int hd, int Tmax, int64_t pos0,
+                      int rd, double base) {
+  // q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]; qkv [B, T, H, 3, hd]
+  BT_CHECK(rd >= 0 && rd <= hd && rd % 2 == 0, "rotary dims ", rd, " must be even and within the head dim ", hd);
+  BT_CHECK(pos0 >= 0 && pos0 + Tn <= Tmax, "qkv_rotary_cache: positions ", pos0, "..", pos0 + Tn - 1,
+           " exceed the cache length ", Tmax);
+  const int half = rd / 2;
+  // cos/sin [T, half] at positions pos0 + t, computed exactly as rotary_tables does.
+  std::vector<T> cos_t(static_cast<size_t>(Tn) * half), sin_t(static_cast<size_t>(Tn) * half);
+  for (int i = 0; i < half; ++i) {
+    const double inv_freq = std::pow(base, -2.0 * i / rd);
+    for (int t = 0; t < Tn; ++t) {
+      const double a = static_cast<double>(pos0 + t) * inv_freq;
+      cos_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::cos(a));
+      sin_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::sin(a));
+    }
+  }
+  const size_t rows = B * Tn;
+#pragma omp parallel for schedule(static) if (rows * H * hd >= (1u << 14))
+  for (size_t r = 0; r < rows; ++r) {
+    const size_t b = r / Tn;
+    const int t = static_cast<int>(r % Tn);
+    const T* c = cos_t.data() + static_cast<size_t>(t) * half;
+    const T* s = sin_t.data() + static_cast<size_t>(t) * half;
+    for (int h = 0; h < H; ++h) {
+      const T* src = qkv + (r * H + h) * 3 * hd;
+      T* outs[2] = {q + ((b * H + h) * Tn + t) * hd, kc + ((b * H + h) * static_cast<size_t>(Tmax) + pos0 + t) * hd};
+      for (int which = 0; which < 2; ++which) {
+        const T* x = src + which * hd;
+        T* o = outs[which];
+        for (int i = 0; i < half; ++i) {
+          o[i] = x[i] * c[i] - x[i + half] * s[i];
+          o[i + half] = x[i + half] * c[i] + x[i] * s[i];
+        }
+        for (int i = rd; i < hd; ++i) o[i] = x[i];
+      }
+      const T* xv = src + 2 * hd;
+      T* ov = vc + ((b * H + h) * static_cast<size_t>(Tmax) + pos0 + t) * hd;
+      for (int i = 0; i < hd; ++i) ov[i] = xv[i];
+    }
+  }
+}
+
+template <class T>
+void attention_cached(T* out, const T* q, const T* kc, const T* vc, const int32_t* start, size_t B, int Tn, int H,
+                      int hd, int Tmax, int64_t pos0) {
+  // out [B, T, H * hd]; q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]; start [B] or null
+  BT_CHECK(pos0 >= 0 && pos0 + Tn <= Tmax, "attention_cached: positions ", pos0, "..", pos0 + Tn - 1,
+           " exceed the cache length ", Tmax);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const long work = static_cast<long>(B) * H * Tn;
+#pragma omp parallel if (static_cast<size_t>(work) * static_cast<size_t>(pos0 + Tn) * hd >= (1u << 15))
+  {
+    std::vector<T> p(static_cast<size_t>(pos0 + Tn));  // per-thread scores
+#pragma omp for schedule(static)
+    for (long w = 0; w < work; ++w) {
+      const size_t bh = static_cast<size_t>(w) / Tn;
+      const int t = static_cast<int>(w % Tn);
+      const size_t b = bh / H;
+      const int h = static_cast<int>(bh % H);
+      const int64_t pos = pos0 + t;
+      const int64_t j0 = start ? std::max<int64_t>(0, start[b]) : 0;
+      const T* qt = q + (bh * Tn + t) * hd;
+      const T* kh = kc + bh * static_cast<size_t>(Tmax) * hd;
+      const T* vh = vc + bh * static_cast<size_t>(Tmax) * hd;
+      T* o = out + ((b * Tn + t) * H + h) * hd;
+      for (int d = 0; d < hd; ++d) o[d] = 0;
+      if (j0 > pos) continue;  // a query inside the left padding: nothing to attend to
+      T mx = -INFINITY;
+      for (int64_t j = j0; j <= pos; ++j) {
+        const T sj = dot(qt, kh + static_cast<size_t>(j) * hd, hd) * scale;
+        p[j] = sj;
+        mx = sj > mx ? sj : mx;
+      }
+      T sum = 0;
+      for (int64_t j = j0; j <= pos; ++j) {
+        const T e = std::exp(p[j] - mx);
+        p[j] = e;
+        sum += e;
+      }
+      const T inv = T(1) / sum;
+      for (int64_t j = j0; j <= pos; ++j) p[j] *= inv;
+      for (int64_t j = j0; j <= pos; ++j) axpy(o, p[j], vh + static_cast<size_t>(j) * hd, hd);
+    }
+  }
+}
+
+template void qkv_rotary_cache<float>(float*, float*, float*, const float*, size_t, int, int, int, int, int64_t, int,
+                                      double);
+template void qkv_rotary_cache<double>(double*, double*, double*, const double*, size_t, int, int, int, int, int64_t,
+                                       int, double);
+template void attention_cached<float>(float*, const float*, const float*, const float*, const int32_t*, size_t, int,
+                                      int, int, int, int64_t);
+template void attention_cached<double>(double*, const double*, const double*, const double*, const int32_t*, size_t,
+                                       int, int, int, int, int64_t);
+
+}  // namespace bt::cpu
