@@ -123,6 +123,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     fs::create_directories(t.out_dir);
     std::ofstream(fs::path(t.out_dir) / "config.yaml") << to_yaml(cfg_);
     metrics_ = std::make_unique<MetricsWriter>((fs::path(t.out_dir) / "metrics.jsonl").string());
+    tb_ = std::make_unique<TensorBoardWriter>((fs::path(t.out_dir) / "tensorboard").string());
   }
   if (!topt_.quiet) log_start();
 }
@@ -374,6 +375,12 @@ void Trainer::run() {
         metrics_->write({{"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", last_grad_norm_},
                         {"tokens_per_s", tps}, {"tokens", double(step_) * tokens_per_step},
                         {"elapsed_s", total.seconds()}});
+      if (tb_) {
+        tb_->add_scalar("train/loss", loss, step_);
+        tb_->add_scalar("train/lr", lr, step_);
+        tb_->add_scalar("train/grad_norm", last_grad_norm_, step_);
+        tb_->add_scalar("train/tokens_per_s", tps, step_);
+      }
       window.reset();
       window_steps = 0;
     }
@@ -390,6 +397,11 @@ void Trainer::run() {
                  cfg_.model.is_block() ? " | by position " + pos_str : "");
       if (metrics_)
         metrics_->write({{"step", step_}, {"val_loss", v.mean()}, {"val_loss_by_position", by_pos}});
+      if (tb_) {
+        tb_->add_scalar("val/loss", v.mean(), step_);
+        for (size_t i = 0; i < by_pos.size() && by_pos.size() > 1; ++i)
+          tb_->add_scalar("val/loss_position_" + std::to_string(i + 1), by_pos[i], step_);
+      }
       window.reset();
       window_steps = 0;
     }

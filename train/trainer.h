@@ -15,6 +15,7 @@
 #include "optim/adamw.h"
 #include "train/comm.h"
 #include "train/metrics.h"
+#include "train/tensorboard.h"
 
 namespace bt {
 
@@ -71,6 +72,7 @@ class Trainer {
   std::unique_ptr<Loader> loader_, val_loader_;
   std::shared_ptr<const TokenStream> train_stream_, val_stream_;
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
+  std::unique_ptr<TensorBoardWriter> tb_;    // rank 0 only: out_dir/tensorboard
   int accum_ = 1;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;    // non-pad tokens consumed by training steps, all ranks
