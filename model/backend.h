@@ -107,7 +107,7 @@ class Backend {
   virtual void td_select_backward(Tensor dh, Tensor dout, int R, int LB) = 0;
 
   // ---- classifier ---------------------------------------------------------------------------
-  // logits [n, V], targets [n] i32 (-1 ignored) -> losses [n] f32 (0 where ignored) and, when
+  // logits [n, V], targets [n] i32 (-1 ignored) -> losses [n] in grad_dtype() (0 where ignored) and, when
   // dlogits is not empty, dlogits = dscale * (softmax(logits) - onehot(target)) (overwritten,
   // 0 in ignored rows). The CUDA kernel may overwrite logits with dlogits in place.
   virtual void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) = 0;

@@ -73,7 +73,7 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch)
   targets_ = be_.alloc({rows}, DType::i32);
   logits_ = be_.alloc({rows, V}, a);
   dlogits_ = be_.alloc({rows, V}, a);
-  losses_ = be_.alloc({rows}, DType::f32);
+  losses_ = be_.alloc({rows}, be_.grad_dtype());
 }
 
 void Model::init(uint64_t seed) {
@@ -173,12 +173,12 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
   }
   Tensor logits = logits_rows(B);
   be_.matmul_forward(logits, sel, head, Tensor());
-  Tensor losses(losses_.data, {logits.dim(0)}, DType::f32, losses_.device);
+  Tensor losses(losses_.data, {logits.dim(0)}, losses_.dtype, losses_.device);
   Tensor dlogits = with_grad ? Tensor(dlogits_.data, logits.shape, dlogits_.dtype, dlogits_.device) : Tensor();
   be_.cross_entropy(losses, dlogits, logits, tgt, dscale);
 
   h_losses_.resize(losses.numel());
-  be_.download(h_losses_.data(), DType::f32, losses);
+  be_.download(h_losses_.data(), DType::f64, losses);
   LossStats st;
   const int P = cfg_.is_block() ? cfg_.block_length : 1;
   st.pos_sum.assign(P, 0.0);

@@ -88,7 +88,7 @@ class Model {
   // classifier
   Tensor logits_, dlogits_;  // [rows, V]
   Tensor losses_;            // [rows] f32
-  std::vector<float> h_losses_;
+  std::vector<double> h_losses_;
   // backward scratch
   Tensor d_sel_, d_td_out_, d_td_in_, d_prefix_, d_tok_emb_, d_ctx_, d_emb_b_;
 };

@@ -39,5 +39,7 @@ bool launched_by_mpi();
 // device: where the buffers given to the collectives live (cpu -> MPI, cuda -> NCCL).
 std::unique_ptr<Communicator> make_communicator(Device device);
 std::unique_ptr<Communicator> make_single_communicator();
+// NCCL over device buffers, bootstrapped (unique id, host collectives) through `host` (MPI).
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> host);
 
 }  // namespace bt

@@ -132,8 +132,13 @@ class MpiComm final : public Communicator {
 
 std::unique_ptr<Communicator> make_communicator(Device device) {
   if (!launched_by_mpi()) return make_single_communicator();
-  BT_CHECK(device == Device::cpu, "data parallel training on CUDA needs NCCL, which is not built yet");
-  return std::make_unique<MpiComm>();
+  auto mpi = std::make_unique<MpiComm>();
+  if (device == Device::cpu) return mpi;
+#ifdef BT_HAVE_NCCL
+  return make_nccl_communicator(std::move(mpi));
+#else
+  BT_FAIL("data parallel training on CUDA needs NCCL, and this bt was built without it");
+#endif
 }
 
 }  // namespace bt

@@ -12,7 +12,7 @@
 namespace bt::cpu {
 
 template <class T>
-void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, size_t n, int V, double dscale) {
+void cross_entropy(T* losses, T* dlogits, const T* logits, const int32_t* targets, size_t n, int V, double dscale) {
   // losses [n]; dlogits [n, V] or null; logits [n, V]; targets [n]
   // Checked before the parallel loop: an exception must not leave an OpenMP region.
   for (size_t i = 0; i < n; ++i) {
@@ -26,7 +26,7 @@ void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* ta
     T* d = dlogits ? dlogits + i * V : nullptr;
     const int32_t tgt = targets[i];
     if (tgt < 0) {
-      losses[i] = 0.0f;
+      losses[i] = T(0);
       if (d)
         for (int j = 0; j < V; ++j) d[j] = T(0);
       continue;
@@ -44,7 +44,7 @@ void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* ta
       for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(l[j]) - mx);
     }
     const double lse = mx + std::log(sum);
-    losses[i] = static_cast<float>(lse - static_cast<double>(l[tgt]));
+    losses[i] = static_cast<T>(lse - static_cast<double>(l[tgt]));
     if (d) {
       const double f = dscale / sum;
       for (int j = 0; j < V; ++j) d[j] = static_cast<T>(static_cast<double>(d[j]) * f);
@@ -54,6 +54,6 @@ void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* ta
 }
 
 template void cross_entropy<float>(float*, float*, const float*, const int32_t*, size_t, int, double);
-template void cross_entropy<double>(float*, double*, const double*, const int32_t*, size_t, int, double);
+template void cross_entropy<double>(double*, double*, const double*, const int32_t*, size_t, int, double);
 
 }  // namespace bt::cpu

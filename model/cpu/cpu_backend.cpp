@@ -150,7 +150,7 @@ class CpuBackend final : public Backend {
     const int V = static_cast<int>(logits.dim(-1));
     BT_CHECK(targets.numel() == logits.rows() && losses.numel() == logits.rows(), "cross_entropy: logits ",
              logits.shape.str(), " targets ", targets.shape.str());
-    cpu::cross_entropy(losses.ptr<float>(), p(dlogits), p(logits), targets.ptr<int32_t>(), logits.rows(), V, dscale);
+    cpu::cross_entropy(p(losses), p(dlogits), p(logits), targets.ptr<int32_t>(), logits.rows(), V, dscale);
   }
 
   double sum_squares(Tensor g) override {

@@ -67,7 +67,7 @@ template <class T> void td_select_backward(T* dh, const T* dout, size_t rows, in
 // ignored); when dlogits is not null: dlogits = dscale * (softmax - onehot), 0 for ignored rows
 // (overwritten, not accumulated). Computed in double inside each row.
 template <class T>
-void cross_entropy(float* losses, T* dlogits, const T* logits, const int32_t* targets, size_t n, int V, double dscale);
+void cross_entropy(T* losses, T* dlogits, const T* logits, const int32_t* targets, size_t n, int V, double dscale);
 
 // ---- inference with KV caches (model/cpu/attention_cached.cpp) --------------------------------
 // qkv [B, T, H, 3, hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] with rotary at
