@@ -16,6 +16,12 @@ bool cuda_available() {
 #endif
 }
 
+Device resolve_device(const std::string& device) {
+  if (device == "cuda") return Device::cuda;
+  if (device == "auto" && cuda_available()) return Device::cuda;
+  return Device::cpu;
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
   std::string dev = o.device;
   if (dev == "auto") dev = cuda_available() ? "cuda" : "cpu";

@@ -133,5 +133,7 @@ struct BackendOptions {
 };
 std::unique_ptr<Backend> make_backend(const BackendOptions& o);
 bool cuda_available();  // any error from the runtime means "no GPU"
+// train.device (auto | cpu | cuda) -> the device the backend will use.
+Device resolve_device(const std::string& device);
 
 }  // namespace bt

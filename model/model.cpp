@@ -193,7 +193,7 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
   return st;
 }
 
-void Model::backward() {
+void Model::backward(const std::function<void(const Tensor&)>& on_ready) {
   BT_CHECK(have_grad_, "model: backward() needs a forward with gradients first");
   have_grad_ = false;
   const int B = last_B_;
@@ -210,18 +210,20 @@ void Model::backward() {
     be_.zero(d_sel);
     be_.matmul_backward(d_sel, grad("token_decoder.embed_out.weight"), Tensor(), dlogits, sel,
                         param("token_decoder.embed_out.weight"));
+    if (on_ready) on_ready(grad("token_decoder.embed_out.weight"));
     Tensor d_td_out(d_td_out_.data, {rows_td, S, DT}, d_td_out_.dtype, d_td_out_.device);
     be_.zero(d_td_out);
     be_.td_select_backward(d_td_out, d_sel, int(R), int(LB));
     Tensor d_td_in(d_td_in_.data, {rows_td, S, DT}, d_td_in_.dtype, d_td_in_.device);
     be_.zero(d_td_in);
-    token_dec_->backward(d_td_out, d_td_in);
+    token_dec_->backward(d_td_out, d_td_in, on_ready);
     Tensor d_prefix(d_prefix_.data, {B, N, R * DT}, d_prefix_.dtype, d_prefix_.device);
     Tensor d_tok(d_tok_emb_.data, {B, L, DT}, d_tok_emb_.dtype, d_tok_emb_.device);
     be_.zero(d_prefix);
     be_.zero(d_tok);
     be_.td_assemble_backward(d_prefix, d_tok, d_td_in, int(R), int(LB));
     be_.embedding_backward(grad("token_decoder.gpt_neox.embed_in.weight"), d_tok.view({int64_t(B) * L, DT}), tok);
+    if (on_ready) on_ready(grad("token_decoder.gpt_neox.embed_in.weight"));
     Tensor d_ctx(d_ctx_.data, {int64_t(B) * N, DB}, d_ctx_.dtype, d_ctx_.device);
     be_.zero(d_ctx);
     be_.matmul_backward(d_ctx, grad("token_decoder.expansion_layer.weight"),
@@ -229,18 +231,22 @@ void Model::backward() {
                         ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"));
     Tensor d_emb(d_emb_b_.data, {B, N, DB}, d_emb_b_.dtype, d_emb_b_.device);
     be_.zero(d_emb);
-    block_dec_->backward(d_ctx.view({B, N, DB}), d_emb);
+    if (on_ready) on_ready(grad("token_decoder.expansion_layer.weight"));
+    block_dec_->backward(d_ctx.view({B, N, DB}), d_emb, on_ready);
     be_.embedding_backward(grad("embedder.embeddings.weight"), d_emb.view({int64_t(B) * L, DB / LB}), tok);
+    if (on_ready) on_ready(grad("embedder.embeddings.weight"));
   } else {
     const int64_t D = cfg_.decoder.dim;
     Tensor out = dec_out_.view({int64_t(B) * L, D});
     Tensor d_out(d_sel_.data, {int64_t(B) * L, D}, d_sel_.dtype, d_sel_.device);
     be_.zero(d_out);
     be_.matmul_backward(d_out, grad("embed_out.weight"), Tensor(), dlogits, out, param("embed_out.weight"));
+    if (on_ready) on_ready(grad("embed_out.weight"));
     Tensor d_emb(d_emb_b_.data, {B, L, D}, d_emb_b_.dtype, d_emb_b_.device);
     be_.zero(d_emb);
-    dec_->backward(d_out.view({B, L, D}), d_emb);
+    dec_->backward(d_out.view({B, L, D}), d_emb, on_ready);
     be_.embedding_backward(grad("gpt_neox.embed_in.weight"), d_emb.view({int64_t(B) * L, D}), tok);
+    if (on_ready) on_ready(grad("gpt_neox.embed_in.weight"));
   }
 }
 

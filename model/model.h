@@ -45,7 +45,9 @@ class Model {
   // d(dscale * loss_sum)/dlogits, ready for backward().
   LossStats forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad = false, double dscale = 1.0);
   // Accumulates d(dscale * loss_sum)/dparams into grads() (call zero_grads() first).
-  void backward();
+  // on_ready (optional): see TransformerStack::backward; called in decreasing address order as
+  // the flat gradient buffer becomes final from the top down, the last call at grads() itself.
+  void backward(const std::function<void(const Tensor&)>& on_ready = {});
   void zero_grads();
 
   // Logits of the last forward: [B*(N-1)*L_B, V] (block: rows b, target block i=1..N-1, position

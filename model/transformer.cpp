@@ -140,7 +140,7 @@ Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T) {
   return out;
 }
 
-void TransformerStack::backward(Tensor dout, Tensor dx) {
+void TransformerStack::backward(Tensor dout, Tensor dx, const std::function<void(const Tensor&)>& on_ready) {
   const int64_t B = B_, T = T_, D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   // Gradient w.r.t. the residual after the last layer, from the final LayerNorm.
   Tensor dcur = rows(dres_a_, {B, T, D});
@@ -149,6 +149,7 @@ void TransformerStack::backward(Tensor dout, Tensor dx) {
   Tensor last_res = d_.layers > 0 ? rows(final_res_, {B, T, D}) : x_in_;
   be_.layernorm_backward(dcur, g_.lnf_w, g_.lnf_b, dout.view({B, T, D}), last_res, p_.lnf_w,
                          rows(lnf_mean_, {B * T}), rows(lnf_rstd_, {B * T}));
+  if (on_ready) on_ready(g_.lnf_w);
   for (int l = d_.layers - 1; l >= 0; --l) {
     const LayerTensors& w = p_.layers[l];
     const LayerTensors& g = g_.layers[l];
@@ -190,6 +191,7 @@ void TransformerStack::backward(Tensor dout, Tensor dx) {
     be_.matmul_backward(dln, g.qkv_w, g.qkv_b, dqkv, ln1, w.qkv_w);
     be_.layernorm_backward(dprev, g.ln1_w, g.ln1_b, dln, res, w.ln1_w, rows(A.ln1_mean, {B * T}),
                            rows(A.ln1_rstd, {B * T}));
+    if (on_ready) on_ready(g.ln1_w);  // the layer's first tensor: the whole layer is final
     std::swap(dcur, dnext);
     if (l == 0) return;
   }

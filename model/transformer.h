@@ -2,6 +2,7 @@
 // per-head layout, partial rotary, exact-GELU MLP, final LayerNorm. Written once against
 // model/backend.h; the block decoder, the token decoder and the vanilla model are instances.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "model/backend.h"
@@ -57,7 +58,11 @@ class TransformerStack {
   Tensor forward(Tensor x, int64_t B, int64_t T);
   // dout [B, T, D] gradient of the stack's output -> dx [B, T, D] accumulated (+=);
   // parameter gradients accumulated into the grads views.
-  void backward(Tensor dout, Tensor dx);
+  // on_ready (optional) is called with a gradient tensor each time every parameter gradient at
+  // or above that tensor's address in the flat gradient buffer is final (the stack's gradients
+  // are laid out in forward order and produced in reverse), so data-parallel reduction of those
+  // bytes can start while the rest of the backward pass runs.
+  void backward(Tensor dout, Tensor dx, const std::function<void(const Tensor&)>& on_ready = {});
   const StackDims& dims() const { return d_; }
 
   // ---- inference (no backward; the training buffers above are not used) ----------------------

@@ -50,7 +50,8 @@ void add_train_command(CLI::App& app) {
     BT_CHECK(args->resume.empty() || args->init_from.empty(),
              "--resume and --init-from exclude each other: a resumed run continues from its own weights");
     install_stop_signal_handlers();
-    auto comm = make_communicator(Device::cpu);
+    // Collectives run where the gradients live: MPI for the CPU backend, NCCL for CUDA.
+    auto comm = make_communicator(resolve_device(cfg.train.device));
     TrainOptions opt;
     opt.resume = args->resume;
     opt.init_from = args->init_from;

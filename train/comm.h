@@ -27,11 +27,21 @@ class Communicator {
   virtual void all_gather(Tensor out, Tensor in) = 0;
   virtual void broadcast(Tensor t, int root) = 0;
   virtual void barrier() = 0;
+  // Starts an in-place all-reduce that may overlap with work issued after it (the rest of the
+  // backward pass); every started operation is complete after wait_all(). The default is
+  // synchronous.
+  virtual void all_reduce_start(Tensor t, ReduceOp op) { all_reduce(t, op); }
+  virtual void wait_all() {}
+  // CUDA: the stream whose work produces the buffers handed to collectives (NCCL orders its
+  // stream after it). Ignored by host communicators.
+  virtual void set_compute_stream(void* stream) {}
   // Small host-side collectives (losses, counts, config hashes).
   virtual void all_reduce_host(double* x, size_t n, ReduceOp op) = 0;
   virtual void broadcast_host(void* p, size_t bytes, int root) = 0;
   // Gathers one u64 from every rank (rank order) into out[world].
   virtual void all_gather_host_u64(uint64_t x, uint64_t* out) = 0;
+  // in [bytes] from every rank -> out [world * bytes] in rank order (host memory).
+  virtual void all_gather_host(void* out, const void* in, size_t bytes) = 0;
 };
 
 // Whether this process was started by an MPI launcher (mpirun, srun) with world size > 1.

@@ -120,12 +120,37 @@ class MpiComm final : public Communicator {
   void all_gather_host_u64(uint64_t x, uint64_t* out) override {
     BT_MPI_CHECK(MPI_Allgather(&x, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T, MPI_COMM_WORLD));
   }
+  void all_gather_host(void* out, const void* in, size_t bytes) override {
+    BT_CHECK(bytes < (size_t(1) << 31), "all_gather_host: ", bytes, " bytes per rank is too large for one MPI call");
+    BT_MPI_CHECK(MPI_Allgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE,
+                               MPI_COMM_WORLD));
+  }
+  void all_reduce_start(Tensor t, ReduceOp op) override {
+    check_host(t);
+    MPI_Request req;
+    BT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, t.data, static_cast<int>(t.numel()), mpi_type(t.dtype), MPI_SUM,
+                                MPI_COMM_WORLD, &req));
+    pending_.push_back({req, t, op});
+  }
+  void wait_all() override {
+    for (Pending& p : pending_) {
+      BT_MPI_CHECK(MPI_Wait(&p.req, MPI_STATUS_IGNORE));
+      if (p.op == ReduceOp::avg) divide_any(p.t, world_);
+    }
+    pending_.clear();
+  }
 
  private:
   static void check_host(const Tensor& t) {
     BT_CHECK(t.device == Device::cpu, "the MPI communicator reduces host buffers; use NCCL for device buffers");
   }
   int rank_ = 0, world_ = 1, local_rank_ = 0;
+  struct Pending {
+    MPI_Request req;
+    Tensor t;
+    ReduceOp op;
+  };
+  std::vector<Pending> pending_;
 };
 
 }  // namespace

@@ -56,6 +56,7 @@ class NcclComm final : public Communicator {
     BT_NCCL_CHECK(ncclCommInitRankConfig(&comm_, host_->world(), id, host_->rank(), &cfg));
     wait_init();
     BT_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    BT_CUDA_RT_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   }
   ~NcclComm() override {
     if (comm_) ncclCommDestroy(comm_);
@@ -66,6 +67,19 @@ class NcclComm final : public Communicator {
   int world() const override { return host_->world(); }
   int local_rank() const override { return host_->local_rank(); }
 
+  void set_compute_stream(void* s) override { compute_ = static_cast<cudaStream_t>(s); }
+  // Orders the communication stream after everything issued so far on the compute stream.
+  void after_compute() {
+    BT_CUDA_RT_CHECK(cudaEventRecord(ready_, compute_));
+    BT_CUDA_RT_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+  }
+  void all_reduce_start(Tensor t, ReduceOp op) override {
+    after_compute();
+    BT_NCCL_CHECK(ncclAllReduce(t.data, t.data, t.numel(), nccl_type(t.dtype), op == ReduceOp::avg ? ncclAvg : ncclSum,
+                                comm_, stream_));
+  }
+  void wait_all() override { wait("all_reduce (bucketed)"); }
+  void all_gather_host(void* out, const void* in, size_t bytes) override { host_->all_gather_host(out, in, bytes); }
   void all_reduce(Tensor t, ReduceOp op) override {
     BT_CUDA_RT_CHECK(cudaDeviceSynchronize());  // gradients written on the compute stream
     BT_NCCL_CHECK(ncclAllReduce(t.data, t.data, t.numel(), nccl_type(t.dtype), op == ReduceOp::avg ? ncclAvg : ncclSum,
@@ -129,6 +143,8 @@ class NcclComm final : public Communicator {
   std::unique_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t compute_ = nullptr;  // the backend's stream (null: the legacy default stream)
+  cudaEvent_t ready_ = nullptr;
   double timeout_s_ = 600;
 };
 

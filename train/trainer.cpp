@@ -15,6 +15,9 @@
 #include "core/timer.h"
 #include "model/checkpoint.h"
 #include "optim/lr_schedule.h"
+#ifdef BT_HAVE_CUDA
+#include "model/cuda/cuda_backend.h"
+#endif
 
 namespace bt {
 
@@ -67,7 +70,18 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   backend_ = make_backend(bo);
   model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch);
   model_->init(t.seed);
-  opt_ = std::make_unique<AdamW>(*model_, cfg_.optim);
+#ifdef BT_HAVE_CUDA
+  comm_.set_compute_stream(cuda_stream(*backend_));
+#endif
+  // Data parallelism: ZeRO-1 shards the optimizer over ranks; otherwise gradients are summed in
+  // buckets that start during the backward pass.
+  if (world > 1 && t.zero == 1) {
+    zero_ = std::make_unique<ZeroShard>(*backend_, comm_, model_->table().total());
+    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim, zero_->begin(), zero_->end());
+  } else {
+    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim);
+    if (world > 1) reducer_ = std::make_unique<GradReducer>(comm_, model_->grads(), bucket_elems());
+  }
 
   // Data: shards, or a synthetic stream when no shards are configured.
   if (!cfg_.data.train.empty()) {
@@ -119,6 +133,8 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     }
   }
 
+  if (world > 1) sync_weights();
+
   if (comm_.rank() == 0 && !t.out_dir.empty()) {
     fs::create_directories(t.out_dir);
     std::ofstream(fs::path(t.out_dir) / "config.yaml") << to_yaml(cfg_);
@@ -134,20 +150,28 @@ std::string Trainer::checkpoint_root() const {
 
 std::string Trainer::save_checkpoint() {
   std::string dir;
-  if (comm_.rank() == 0 && !cfg_.train.out_dir.empty()) {
-    Timer timer;
-    const ParamTable& tb = model_->table();
-    const size_t total = tb.total();
-    std::vector<float> params(total, 0.f), m(total, 0.f), v(total, 0.f), master;
+  if (cfg_.train.out_dir.empty()) {
+    last_saved_step_ = step_;
+    return dir;
+  }
+  Timer timer;
+  const ParamTable& tb = model_->table();
+  const size_t total = tb.total();
+  // Checkpoints hold full tensors so that any world size can resume: with ZeRO-1 every rank
+  // contributes its slice of the optimizer state.
+  std::vector<float> m(total, 0.f), v(total, 0.f), master;
+  const size_t b = opt_->begin();
+  const bool has_master = !opt_->master().empty();
+  if (has_master) master.assign(total, 0.f);
+  opt_->get_state(m.data() + b, v.data() + b, has_master ? master.data() + b : nullptr);
+  if (zero_) {
+    zero_->all_gather_host(m.data());
+    zero_->all_gather_host(v.data());
+    if (has_master) zero_->all_gather_host(master.data());
+  }
+  if (comm_.rank() == 0) {
+    std::vector<float> params(total, 0.f);
     model_->get_params(params.data(), DType::f32);
-    // Checkpoints hold full tensors so that any world size can resume. A sharded optimizer
-    // (ZeRO-1) must gather its shards to rank 0 here before this can hold.
-    BT_CHECK(opt_->begin() == 0 && opt_->end() == total,
-             "checkpoint: the optimizer state is sharded; gathering shards for checkpoints is not implemented");
-    const size_t b = opt_->begin();
-    const bool has_master = !opt_->master().empty();
-    if (has_master) master.assign(total, 0.f);
-    opt_->get_state(m.data() + b, v.data() + b, has_master ? master.data() + b : nullptr);
     CheckpointContents c;
     c.step = step_;
     c.config = &cfg_;
@@ -263,6 +287,30 @@ void Trainer::init_from(const std::string& file) {
 
 Trainer::~Trainer() = default;
 
+size_t Trainer::bucket_elems() {
+  // 25 MiB buckets by default (as PyTorch DDP); BT_BUCKET_MB overrides.
+  const char* e = std::getenv("BT_BUCKET_MB");
+  const double mb = e ? std::atof(e) : 25.0;
+  return static_cast<size_t>(std::max(1.0, mb * 1024 * 1024 / double(dtype_size(DType::f32))));
+}
+
+void Trainer::sync_weights() {
+  // Rank 0's weights go to every rank (init is seeded identically, but a resume or --init-from
+  // read on each rank must agree too), then a hash proves every rank holds the same bytes.
+  comm_.broadcast(model_->params(), 0);
+  opt_->sync_master_from_params();
+  std::vector<float> w(model_->table().total());
+  model_->get_params(w.data(), DType::f32);
+  uint64_t h = 1469598103934665603ull;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(w.data());
+  for (size_t i = 0; i < w.size() * sizeof(float); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  std::vector<uint64_t> all(comm_.world());
+  comm_.all_gather_host_u64(h, all.data());
+  for (int r = 0; r < comm_.world(); ++r)
+    BT_CHECK(all[r] == all[0], "rank ", r, " holds different initial weights than rank 0 after the broadcast "
+             "(weights hash ", all[r], " vs ", all[0], ")");
+}
+
 void Trainer::log_start() const {
   const ParamTable& tb = model_->table();
   const ModelConfig& m = cfg_.model;
@@ -290,19 +338,30 @@ double Trainer::train_step() {
 
   model_->zero_grads();
   LossStats st;
-  for (const MicroBatch& mb : sb.micro) {
+  for (size_t i = 0; i < sb.micro.size(); ++i) {
+    const MicroBatch& mb = sb.micro[i];
     st.add(model_->forward(mb.tokens.data(), mb.mask.data(), mb.rows, /*with_grad=*/true, 1.0 / count));
-    model_->backward();
+    // In the last micro-batch, each bucket's reduction starts as soon as its gradients are final.
+    if (reducer_ && i + 1 == sb.micro.size())
+      model_->backward([this](const Tensor& ready) { reducer_->on_ready(ready); });
+    else
+      model_->backward();
   }
-  if (comm_.world() > 1) comm_.all_reduce(model_->grads(), ReduceOp::sum);
+  if (reducer_) reducer_->finish();
+  if (zero_) zero_->reduce_scatter_grads(model_->grads());
   double sums[2] = {st.loss_sum, double(st.targets)};
   comm_.all_reduce_host(sums, 2, ReduceOp::sum);
 
-  last_grad_norm_ = grad_norm(*backend_, model_->grads());
+  // One global norm: with ZeRO-1 each rank holds the summed gradients of its slice only.
+  Tensor g = zero_ ? flat_slice(model_->grads(), zero_->begin(), zero_->end() - zero_->begin()) : model_->grads();
+  double sq = backend_->sum_squares(g);
+  if (zero_) comm_.all_reduce_host(&sq, 1, ReduceOp::sum);
+  last_grad_norm_ = std::sqrt(sq);
   const double f = clip_factor(last_grad_norm_, cfg_.optim.grad_clip);
-  if (f != 1.0) backend_->scale(model_->grads(), f);
+  if (f != 1.0) backend_->scale(g, f);
   const double lr = lr_at(cfg_.optim, step_, cfg_.train.steps);
   opt_->step(lr);
+  if (zero_) zero_->all_gather_params(model_->params());
   ++step_;
   tokens_seen_ += int64_t(cfg_.train.global_batch) * cfg_.model.context_length;
   const double loss = sums[0] / sums[1];

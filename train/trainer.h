@@ -14,6 +14,7 @@
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "train/comm.h"
+#include "train/ddp.h"
 #include "train/metrics.h"
 #include "train/tensorboard.h"
 
@@ -63,6 +64,8 @@ class Trainer {
 
  private:
   void log_start() const;
+  void sync_weights();
+  static size_t bucket_elems();
   Config cfg_;
   Communicator& comm_;
   TrainOptions topt_;
@@ -71,6 +74,8 @@ class Trainer {
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Loader> loader_, val_loader_;
   std::shared_ptr<const TokenStream> train_stream_, val_stream_;
+  std::unique_ptr<GradReducer> reducer_;  // data parallel without ZeRO
+  std::unique_ptr<ZeroShard> zero_;       // train.zero = 1 on several ranks
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
   std::unique_ptr<TensorBoardWriter> tb_;    // rank 0 only: out_dir/tensorboard
   int accum_ = 1;
