@@ -1,6 +1,7 @@
 // `bt bench train|gemm|data|infer|comm`: measured speed, printed (never asserted in tests).
 #include <CLI/CLI.hpp>
 
+#include "bench/bench_comm.h"
 #include "bench/bench_train.h"
 #include "core/commands.h"
 #include "data/bench_data.h"
@@ -54,6 +55,14 @@ void add_bench_command(CLI::App& app) {
   infer->add_option("--repeats", inf->repeats, "timed repeats per point (the best is reported)");
   infer->add_flag("--markdown", inf->markdown, "also print the results as a markdown table");
   infer->callback([inf] { bench_infer(*inf); });
+
+  auto co = std::make_shared<BenchCommOptions>();
+  CLI::App* comm = bench->add_subcommand("comm", "all-reduce bandwidth, 1 MiB to 256 MiB buckets (run under mpirun)");
+  comm->add_option("--device", co->device, "auto | cpu (MPI) | cuda (NCCL)");
+  comm->add_option("--min-mb", co->min_mb, "smallest bucket, MiB");
+  comm->add_option("--max-mb", co->max_mb, "largest bucket, MiB");
+  comm->add_option("--iters", co->iters, "timed repetitions per size (median reported)");
+  comm->callback([co] { bench_comm(*co); });
 }
 
 }  // namespace bt

@@ -15,6 +15,7 @@
 #include "core/timer.h"
 #include "model/checkpoint.h"
 #include "optim/lr_schedule.h"
+#include "train/device_info.h"
 #ifdef BT_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
 #endif
@@ -68,6 +69,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   bo.precision = t.precision;
   bo.cuda_device = comm_.local_rank();
   backend_ = make_backend(bo);
+  peak_flops_ = device_peak_flops(*backend_, bo.cuda_device);
   model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch);
   model_->init(t.seed);
 #ifdef BT_HAVE_CUDA
@@ -426,14 +428,20 @@ void Trainer::run() {
       const double tps = tokens_per_step / dt;
       const double eta = dt * double(t.steps - step_);
       const double lr = lr_at(cfg_.optim, step_ - 1, t.steps);
+      // Model FLOP/s of this rank (tokens/s is global): MFU against the device's dense peak.
+      const double flops = tps / comm_.world() * flops_per_token;
+      const double mfu = peak_flops_ > 0 ? flops / peak_flops_ : -1.0;
+      const double mem_gib = double(memory_in_use(*backend_)) / double(1ull << 30);
       if (!topt_.quiet)
-        log_info("step {:>6}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s | {:.1f} GFLOP/s | ETA {}", step_,
-                 t.steps, loss, lr, last_grad_norm_, format_count(tps), tps * flops_per_token / 1e9,
-                 format_duration(eta));
+        log_info("step {:>6}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s | {} | mem {:.2f} GiB | ETA {}",
+                 step_, t.steps, loss, lr, last_grad_norm_, format_count(tps),
+                 mfu >= 0 ? fmt::format("MFU {:.1f}%", 100 * mfu) : fmt::format("{:.1f} GFLOP/s", flops / 1e9),
+                 mem_gib, format_duration(eta));
       if (metrics_)
         metrics_->write({{"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", last_grad_norm_},
                         {"tokens_per_s", tps}, {"tokens", double(step_) * tokens_per_step},
-                        {"elapsed_s", total.seconds()}});
+                        {"elapsed_s", total.seconds()}, {"mfu", mfu >= 0 ? mfu : 0.0},
+                        {"model_flops_per_s", flops}, {"memory_bytes", memory_in_use(*backend_)}});
       if (tb_) {
         tb_->add_scalar("train/loss", loss, step_);
         tb_->add_scalar("train/lr", lr, step_);

@@ -86,6 +86,7 @@ class Trainer {
   Rng rng_;                    // trainer-level randomness (saved in checkpoints)
   std::vector<double> losses_;
   double last_grad_norm_ = 0;
+  double peak_flops_ = 0;  // dense bf16 peak of the GPU (0: unknown, MFU not shown)
 };
 
 // Number of loss targets in a micro-batch of `rows` windows (pads are never targets).

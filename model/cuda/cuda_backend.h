@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <string>
 
 #include "model/backend.h"
 
@@ -14,6 +15,8 @@ namespace bt {
 int cuda_device_count();
 // cuda_device_count() > 0 and a kernel of this build ran on device 0 (right driver, right sm).
 bool cuda_usable();
+// The device's marketing name ("NVIDIA H200"), "" on error.
+std::string cuda_device_name(int device);
 std::unique_ptr<Backend> make_cuda_backend(DType act_dtype, int device);
 
 // The stream every op of a CUDA backend runs on (a cudaStream_t), for code that must order its

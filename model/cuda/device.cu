@@ -48,3 +48,16 @@ bool cuda_usable() {
 }
 
 }  // namespace bt
+
+namespace bt {
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "";
+  }
+  return prop.name;
+}
+
+}  // namespace bt
