@@ -56,4 +56,8 @@ inline float bf16_to_float(uint16_t b) {
   return f;
 }
 
+// Converts n elements of dtype st at src into dtype dt at dst (host memory; bf16 rounds to
+// nearest even; integers truncate).
+void convert_dtype(void* dst, DType dt, const void* src, DType st, size_t n);
+
 }  // namespace bt

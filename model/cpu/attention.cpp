@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "model/cpu/ops.h"
+#include "model/cpu/vec.h"
 
 namespace bt::cpu {
 
@@ -44,20 +45,6 @@ void check_rotary(int hd, int rd) {
            " (rotary_pct gives an odd or too large count; pick a head dim that makes it even)");
 }
 
-template <class T>
-inline T dot(const T* a, const T* b, int n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// y += a * x
-template <class T>
-inline void axpy(T* y, T a, const T* x, int n) {
-#pragma omp simd
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
-}
 
 }  // namespace
 

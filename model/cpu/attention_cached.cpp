@@ -10,26 +10,10 @@
 
 #include "core/error.h"
 #include "model/cpu/ops.h"
+#include "model/cpu/vec.h"
 
 namespace bt::cpu {
 
-namespace {
-
-template <class T>
-inline T dot(const T* a, const T* b, int n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-template <class T>
-inline void axpy(T* y, T a, const T* x, int n) {
-#pragma omp simd
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-}  // namespace
 
 template <class T>
 void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H, int hd, int Tmax, int64_t pos0,

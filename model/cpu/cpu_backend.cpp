@@ -32,8 +32,8 @@ class CpuBackend final : public Backend {
     return Tensor(p, s, t, Device::cpu);
   }
   void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
-  void upload(Tensor dst, const void* host, DType host_t) override { convert(dst.data, dst.dtype, host, host_t, dst.numel()); }
-  void download(void* host, DType host_t, Tensor src) override { convert(host, host_t, src.data, src.dtype, src.numel()); }
+  void upload(Tensor dst, const void* host, DType host_t) override { convert_dtype(dst.data, dst.dtype, host, host_t, dst.numel()); }
+  void download(void* host, DType host_t, Tensor src) override { convert_dtype(host, host_t, src.data, src.dtype, src.numel()); }
   void synchronize() override {}
 
   void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
@@ -196,34 +196,6 @@ class CpuBackend final : public Backend {
     if (t.empty()) return nullptr;
     BT_CHECK(t.device == Device::cpu, "cpu backend given a tensor on another device");
     return t.ptr<T>();
-  }
-  static void convert(void* dst, DType dt, const void* src, DType st, size_t n) {
-    if (dt == st) {
-      std::memcpy(dst, src, n * dtype_size(dt));
-      return;
-    }
-    auto rd = [&](size_t i) -> double {
-      switch (st) {
-        case DType::f32: return static_cast<const float*>(src)[i];
-        case DType::f64: return static_cast<const double*>(src)[i];
-        case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(src)[i]);
-        case DType::i32: return static_cast<const int32_t*>(src)[i];
-        case DType::u16: return static_cast<const uint16_t*>(src)[i];
-        case DType::u8: return static_cast<const uint8_t*>(src)[i];
-      }
-      return 0;
-    };
-    for (size_t i = 0; i < n; ++i) {
-      const double x = rd(i);
-      switch (dt) {
-        case DType::f32: static_cast<float*>(dst)[i] = static_cast<float>(x); break;
-        case DType::f64: static_cast<double*>(dst)[i] = x; break;
-        case DType::bf16: static_cast<uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(x)); break;
-        case DType::i32: static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(x); break;
-        case DType::u16: static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(x); break;
-        case DType::u8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(x); break;
-      }
-    }
   }
 
   std::vector<std::unique_ptr<void, void (*)(void*)>> blocks_;

@@ -26,36 +26,6 @@ namespace {
 constexpr size_t kGemmWorkspace = size_t(32) << 20;
 constexpr size_t MiB = size_t(1) << 20;
 
-// Host-side dtype conversion for upload/download (the same rules as the CPU backend).
-void convert(void* dst, DType dt, const void* src, DType st, size_t n) {
-  if (dt == st) {
-    std::memcpy(dst, src, n * dtype_size(dt));
-    return;
-  }
-  auto rd = [&](size_t i) -> double {
-    switch (st) {
-      case DType::f32: return static_cast<const float*>(src)[i];
-      case DType::f64: return static_cast<const double*>(src)[i];
-      case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(src)[i]);
-      case DType::i32: return static_cast<const int32_t*>(src)[i];
-      case DType::u16: return static_cast<const uint16_t*>(src)[i];
-      case DType::u8: return static_cast<const uint8_t*>(src)[i];
-    }
-    return 0;
-  };
-  for (size_t i = 0; i < n; ++i) {
-    const double x = rd(i);
-    switch (dt) {
-      case DType::f32: static_cast<float*>(dst)[i] = static_cast<float>(x); break;
-      case DType::f64: static_cast<double*>(dst)[i] = x; break;
-      case DType::bf16: static_cast<uint16_t*>(dst)[i] = float_to_bf16(static_cast<float>(x)); break;
-      case DType::i32: static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(x); break;
-      case DType::u16: static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(x); break;
-      case DType::u8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(x); break;
-    }
-  }
-}
-
 class CudaBackend final : public Backend {
  public:
   CudaBackend(DType act, int device) : act_(act), device_(device) {
@@ -129,7 +99,7 @@ class CudaBackend final : public Backend {
       BT_CUDA_CHECK(cudaMemcpyAsync(d, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
     } else {
       staging_.resize(dst.bytes());
-      convert(staging_.data(), dst.dtype, host, host_t, dst.numel());
+      convert_dtype(staging_.data(), dst.dtype, host, host_t, dst.numel());
       BT_CUDA_CHECK(cudaMemcpyAsync(d, staging_.data(), dst.bytes(), cudaMemcpyHostToDevice, stream_));
     }
     BT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away when we return
@@ -144,7 +114,7 @@ class CudaBackend final : public Backend {
       staging_.resize(src.bytes());
       BT_CUDA_CHECK(cudaMemcpyAsync(staging_.data(), d, src.bytes(), cudaMemcpyDeviceToHost, stream_));
       BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      convert(host, host_t, staging_.data(), src.dtype, src.numel());
+      convert_dtype(host, host_t, staging_.data(), src.dtype, src.numel());
     }
   }
   void synchronize() override { BT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
