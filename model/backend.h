@@ -45,6 +45,8 @@ class Backend {
   virtual void upload(Tensor dst, const void* host, DType host_t) = 0;
   virtual void download(void* host, DType host_t, Tensor src) = 0;
   virtual void synchronize() = 0;
+  // Bytes handed out by alloc() so far (0 when the backend does not track it).
+  virtual size_t bytes_allocated() const { return 0; }
 
   // ---- embeddings ---------------------------------------------------------------------------
   // out[n, C] = table[tokens[n], :]           tokens [n] i32, table [V, C]

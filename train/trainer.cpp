@@ -70,7 +70,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   bo.cuda_device = comm_.local_rank();
   backend_ = make_backend(bo);
   peak_flops_ = device_peak_flops(*backend_, bo.cuda_device);
+  const size_t before_model = allocated_bytes();
   model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch);
+  const size_t model_bytes = allocated_bytes() - before_model;
   model_->init(t.seed);
 #ifdef BT_HAVE_CUDA
   comm_.set_compute_stream(cuda_stream(*backend_));
@@ -144,6 +146,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     tb_ = std::make_unique<TensorBoardWriter>((fs::path(t.out_dir) / "tensorboard").string());
   }
   if (!topt_.quiet) log_start();
+  plan_memory(model_bytes);
 }
 
 std::string Trainer::checkpoint_root() const {
@@ -288,6 +291,41 @@ void Trainer::init_from(const std::string& file) {
 }
 
 Trainer::~Trainer() = default;
+
+size_t Trainer::allocated_bytes() const {
+#ifdef BT_HAVE_CUDA
+  if (backend_ && backend_->device() == Device::cuda) return cuda_memory_stats(*backend_).arena_used;
+#endif
+  return backend_ ? backend_->bytes_allocated() : 0;
+}
+
+void Trainer::plan_memory(size_t model_bytes) {
+  // Parameters and gradients are fixed; the rest of what the model reserved is activations for
+  // micro_batch sequences, so it scales per sequence.
+  const size_t total = model_->table().total();
+  const size_t fixed = total * (dtype_size(backend_->act_dtype()) + dtype_size(backend_->grad_dtype()));
+  const size_t acts = model_bytes > fixed ? model_bytes - fixed : 0;
+  mem_.per_sequence = acts / size_t(cfg_.train.micro_batch);
+  mem_.fixed = allocated_bytes() - acts;  // params, grads, optimizer state, communication buffers
+  mem_.capacity = 0;
+#ifdef BT_HAVE_CUDA
+  if (backend_->device() == Device::cuda) mem_.capacity = cuda_memory_stats(*backend_).device_total;
+#endif
+  if (topt_.quiet || comm_.rank() != 0) return;
+  const double gib = double(1ull << 30);
+  if (mem_.capacity > 0 && mem_.per_sequence > 0) {
+    // Leave 10% of the device for the CUDA context, cuBLASLt workspace and fragmentation.
+    const double room = 0.9 * double(mem_.capacity) - double(mem_.fixed);
+    const long fits = room > 0 ? long(room / double(mem_.per_sequence)) : 0;
+    log_info("memory: {:.2f} GiB fixed (weights, gradients, optimizer) + {:.1f} MiB per sequence of {} tokens; "
+             "micro batch {} uses {:.2f} GiB; up to {} sequences fit in {:.0f} GiB",
+             double(mem_.fixed) / gib, double(mem_.per_sequence) / (1 << 20), cfg_.model.context_length,
+             cfg_.train.micro_batch, double(allocated_bytes()) / gib, fits, double(mem_.capacity) / gib);
+  } else if (mem_.per_sequence > 0) {
+    log_info("memory: {:.2f} GiB fixed (weights, gradients, optimizer) + {:.1f} MiB per sequence of {} tokens",
+             double(mem_.fixed) / gib, double(mem_.per_sequence) / (1 << 20), cfg_.model.context_length);
+  }
+}
 
 size_t Trainer::bucket_elems() {
   // 25 MiB buckets by default (as PyTorch DDP); BT_BUCKET_MB overrides.

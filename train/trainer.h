@@ -65,6 +65,11 @@ class Trainer {
  private:
   void log_start() const;
   void sync_weights();
+  size_t allocated_bytes() const;
+  void plan_memory(size_t model_bytes);
+  struct MemoryPlan {
+    size_t fixed = 0, per_sequence = 0, capacity = 0;
+  } mem_;
   static size_t bucket_elems();
   Config cfg_;
   Communicator& comm_;

@@ -29,12 +29,14 @@ class CpuBackend final : public Backend {
     void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
     BT_CHECK(p != nullptr, "out of host memory allocating ", bytes, " bytes for a tensor ", s.str());
     blocks_.emplace_back(p, &free_block);
+    allocated_ += rounded;
     return Tensor(p, s, t, Device::cpu);
   }
   void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
   void upload(Tensor dst, const void* host, DType host_t) override { convert_dtype(dst.data, dst.dtype, host, host_t, dst.numel()); }
   void download(void* host, DType host_t, Tensor src) override { convert_dtype(host, host_t, src.data, src.dtype, src.numel()); }
   void synchronize() override {}
+  size_t bytes_allocated() const override { return allocated_; }
 
   void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
     const int C = static_cast<int>(table.dim(1));
@@ -199,6 +201,7 @@ class CpuBackend final : public Backend {
   }
 
   std::vector<std::unique_ptr<void, void (*)(void*)>> blocks_;
+  size_t allocated_ = 0;
 };
 
 }  // namespace
