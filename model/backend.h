@@ -55,7 +55,7 @@ class Backend {
   virtual void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) = 0;
 
   // ---- LayerNorm over the last dim ------------------------------------------------------------
-  // out [n, C], mean [n], rstd [n] (act dtype, kept for backward), x [n, C], w [C], b [C]
+  // out [n, C], mean [n], rstd [n] (grad dtype: fp32 on CUDA; kept for backward), x [n, C], w [C], b [C]
   virtual void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b,
                                  double eps) = 0;
   virtual void layernorm_backward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w,

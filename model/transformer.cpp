@@ -60,14 +60,16 @@ void TransformerStack::reserve(int64_t max_rows, int64_t T) {
   const int64_t B = max_rows, D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   const DType a = be_.act_dtype();
   auto al = [&](Shape s) { return be_.alloc(s, a); };
+  // LayerNorm statistics stay in the gradient dtype (fp32 on CUDA): a bf16 rstd would skew dx.
+  auto st = [&](Shape s) { return be_.alloc(s, be_.grad_dtype()); };
   acts_.resize(d_.layers);
   for (auto& L : acts_) {
     L.ln1 = al({B, T, D});
     L.ln2 = al({B, T, D});
-    L.ln1_mean = al({B * T});
-    L.ln1_rstd = al({B * T});
-    L.ln2_mean = al({B * T});
-    L.ln2_rstd = al({B * T});
+    L.ln1_mean = st({B * T});
+    L.ln1_rstd = st({B * T});
+    L.ln2_mean = st({B * T});
+    L.ln2_rstd = st({B * T});
     L.qkv = al({B, T, 3 * D});
     L.q = al({B, H, T, hd});
     L.k = al({B, H, T, hd});
@@ -82,8 +84,8 @@ void TransformerStack::reserve(int64_t max_rows, int64_t T) {
   }
   final_res_ = al({B, T, D});
   lnf_ = al({B, T, D});
-  lnf_mean_ = al({B * T});
-  lnf_rstd_ = al({B * T});
+  lnf_mean_ = st({B * T});
+  lnf_rstd_ = st({B * T});
   dres_a_ = al({B, T, D});
   dres_b_ = al({B, T, D});
   dln_ = al({B, T, D});
@@ -227,9 +229,10 @@ void TransformerStack::reserve_cached(int64_t max_tokens) {
   const int64_t n = max_tokens, D = d_.D, F = d_.F;
   const DType a = be_.act_dtype();
   auto al = [&](Shape s) { return be_.alloc(s, a); };
+  auto st = [&](Shape s) { return be_.alloc(s, be_.grad_dtype()); };
   cs_.ln = al({n, D});
-  cs_.mean = al({n});
-  cs_.rstd = al({n});
+  cs_.mean = st({n});
+  cs_.rstd = st({n});
   cs_.qkv = al({n, 3 * D});
   cs_.q = al({n, D});
   cs_.atty = al({n, D});

@@ -54,7 +54,8 @@ __global__ void attention_cached_kernel(T* out, const T* q, const T* kc, const T
   const int b = int(bh / H), h = int(bh % H);
   float* qs = smem;        // [hd]
   float* sc = smem + hd;   // [keys] scores, then probabilities
-  const int64_t first = start ? int64_t(start[b]) : 0, last = pos0 + t;  // keys first .. last
+  // keys first .. last; a negative start means no padding (as on the CPU: max(0, start[b]))
+  const int64_t first = start ? max(int64_t(0), int64_t(start[b])) : int64_t(0), last = pos0 + t;
   const int64_t nk = last >= first ? last - first + 1 : 0;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = to_f(q[(bh * Tn + t) * hd + d]);
   __syncthreads();
