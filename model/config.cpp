@@ -371,16 +371,16 @@ void convert_map(Config& c, const YAML::Node& node, const std::string& prefix, c
   }
   std::set<std::string> seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& k = it->first;
+    const YAML::Node k = it->first;  // a copy: it-> yields a temporary
     if (!k.IsScalar())
       BT_FAIL(origin.at(prefix, k.Mark()), "keys must be plain names, got ", describe(k),
               prefix.empty() ? "" : " in '" + prefix + "'");
     const std::string path = join(prefix, k.Scalar());
     if (!seen.insert(k.Scalar()).second) BT_FAIL(origin.at(path, k.Mark()), "duplicate key '", path, "'");
     if (is_section(path)) {
-      convert_map(c, it->second, path, k.Mark(), origin);
+      convert_map(c, YAML::Node(it->second), path, k.Mark(), origin);
     } else if (const Leaf* leaf = find_leaf(path)) {
-      set_leaf(c, *leaf, it->second, origin.at(path, k.Mark()));
+      set_leaf(c, *leaf, YAML::Node(it->second), origin.at(path, k.Mark()));
     } else {
       BT_FAIL(origin.at(path, k.Mark()), "unknown key '", path, "'", suggestion(path));
     }
