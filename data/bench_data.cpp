@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 // Runs next() for about `seconds`; returns tokens/s of this rank.
-double time_loader(std::shared_ptr<const TokenStream> s, LoaderOptions o, double seconds, uint64_t& steps) {
+template <class Data>
+double time_loader(std::shared_ptr<const Data> s, LoaderOptions o, double seconds, uint64_t& steps) {
   Loader loader(std::move(s), o);
   loader.next();  // warm-up (starts the prefetch pipeline)
   Timer t;
@@ -52,7 +53,7 @@ void bench_data(const std::string& shards_glob_or_empty, int L, int global_batch
   }
   try {
     Timer tr;
-    auto stream = std::make_shared<TokenStream>(read_shards(glob, 0));
+    auto stream = std::make_shared<const TokenStream>(read_shards(glob, 0));
     const double rs = tr.seconds();
     log_info("bench data: read {} tokens, {} documents ({}) in {:.2f} s: {:.1f} M tokens/s",
              stream->tokens.size(), stream->doc_offsets.size(), glob, rs,
@@ -78,6 +79,22 @@ void bench_data(const std::string& shards_glob_or_empty, int L, int global_batch
       Timer tp;
       double c = time_loader(stream, o, secs, steps);
       log_info("bench data: loader with both padding options (L_B=4), prefetch: {:.1f} M tokens/s", c / 1e6);
+    }
+    // The trainer's path: windows read lazily from the shards.
+    o.random_pad_first_block = o.pad_to_block_boundary = false;
+    for (bool pad : {false, true}) {
+      if (pad && L % o.block_length != 0) continue;
+      o.random_pad_first_block = o.pad_to_block_boundary = pad;
+      Timer to;
+      std::shared_ptr<const TokenSource> src = open_shard_source(glob, o);
+      const double open_s = to.seconds();
+      for (bool pf : {true, false}) {
+        o.prefetch = pf;
+        double c = time_loader(src, o, secs, steps);
+        log_info("bench data: lazy shard loader{}{}: {:.1f} M tokens/s ({} steps; open {:.3f} s)",
+                 pad ? " with both padding options (L_B=4)" : "", pf ? ", prefetch" : ", no prefetch",
+                 c / 1e6, steps, open_s);
+      }
     }
   } catch (...) {
     if (!tmpdir.empty()) fs::remove_all(tmpdir);

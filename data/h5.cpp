@@ -16,6 +16,11 @@ void init() {
   });
 }
 
+std::mutex& mutex() {
+  static std::mutex m;
+  return m;
+}
+
 namespace {
 herr_t walk_cb(unsigned n, const H5E_error2_t* err, void* client) {
   auto* out = static_cast<std::string*>(client);

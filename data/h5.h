@@ -5,6 +5,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -12,6 +13,11 @@ namespace bt::h5 {
 
 // Silences HDF5's default error printer (once per process). Every entry point calls it.
 void init();
+
+// Debian's HDF5 is the serial build, not thread-safe: every shard read or write takes this lock
+// for the whole span in which it holds HDF5 handles (the loader's prefetch thread reads shards
+// while the main thread may open others).
+std::mutex& mutex();
 
 // The innermost description on HDF5's error stack ("truncated file: eof = ..."), one line;
 // clears the stack. Empty when HDF5 recorded nothing.

@@ -79,65 +79,54 @@ uint64_t WindowPermutation::operator()(uint64_t i) const {
   return x;
 }
 
-// ---- padding -----------------------------------------------------------------------------------
-
-int first_block_pads(uint64_t seed, uint64_t doc, int block_length) {
-  if (block_length <= 1) return 0;
-  uint64_t h = mix64(seed ^ hash_name("random_pad_first_block")) ^ (doc * 0x9e3779b97f4a7c15ull);
-  return int(mix64(h) % uint64_t(block_length));
-}
+// ---- padding ----------------------------------------------------------------------------------
 
 namespace {
-int effective_pad_id(const TokenStream& s, const LoaderOptions& opt) {
-  return opt.pad_id >= 0 ? opt.pad_id : s.eos_id;
-}
 bool has_padding(const LoaderOptions& opt) {
   return opt.block_length > 1 && (opt.random_pad_first_block || opt.pad_to_block_boundary);
 }
+
+// The option checks shared by both constructors (before the data is looked at).
+void check_options(const LoaderOptions& opt) {
+  BT_CHECK(opt.context_length >= 1, "data loader: context_length must be >= 1, got ", opt.context_length);
+  BT_CHECK(opt.block_length >= 1, "data loader: block_length must be >= 1, got ", opt.block_length);
+  BT_CHECK(opt.global_batch >= 1 && opt.micro_batch >= 1, "data loader: global_batch (",
+           opt.global_batch, ") and micro_batch (", opt.micro_batch, ") must be >= 1");
+  BT_CHECK(opt.world >= 1 && opt.rank >= 0 && opt.rank < opt.world, "data loader: rank ", opt.rank,
+           " outside world size ", opt.world);
+  BT_CHECK(opt.global_batch % (opt.micro_batch * opt.world) == 0, "data loader: global_batch ",
+           opt.global_batch, " is not divisible by micro_batch ", opt.micro_batch, " x ranks ",
+           opt.world, "; change train.global_batch or train.micro_batch");
+  if (has_padding(opt))
+    BT_CHECK(opt.context_length % opt.block_length == 0, "data loader: context_length ",
+             opt.context_length, " is not a multiple of block_length ", opt.block_length);
+}
 }  // namespace
 
+PadSpec pad_spec(const LoaderOptions& opt) {
+  return PadSpec::make(opt.block_length, opt.random_pad_first_block, opt.pad_to_block_boundary,
+                       opt.pad_id, opt.seed);
+}
+
 PaddedStream pad_stream(const TokenStream& s, const LoaderOptions& opt) {
+  MemorySource src(std::make_shared<const TokenStream>(s), pad_spec(opt), 0);
   PaddedStream p;
-  const uint64_t n = s.tokens.size();
-  if (!has_padding(opt)) {
-    p.tokens = s.tokens;
-    p.mask.assign(n, 1);
-    return p;
-  }
-  const int32_t pad = effective_pad_id(s, opt);
-  const uint64_t lb = uint64_t(opt.block_length);
-  const uint64_t ndocs = std::max<uint64_t>(1, s.doc_offsets.size());
-  const int per_doc = (opt.random_pad_first_block ? 1 : 0) + (opt.pad_to_block_boundary ? 1 : 0);
-  p.tokens.reserve(n + ndocs * (lb - 1) * per_doc);
-  p.mask.reserve(p.tokens.capacity());
-  for (uint64_t d = 0; d < ndocs; ++d) {
-    const uint64_t begin = s.doc_offsets.empty() ? 0 : s.doc_offsets[d];
-    const uint64_t end = d + 1 < s.doc_offsets.size() ? s.doc_offsets[d + 1] : n;
-    if (opt.random_pad_first_block) {
-      const int k = first_block_pads(opt.seed, d, opt.block_length);
-      p.tokens.insert(p.tokens.end(), k, pad);
-      p.mask.insert(p.mask.end(), k, 0);
-    }
-    p.tokens.insert(p.tokens.end(), s.tokens.begin() + begin, s.tokens.begin() + end);
-    p.mask.insert(p.mask.end(), end - begin, 1);
-    if (opt.pad_to_block_boundary) {
-      const uint64_t k = (lb - p.tokens.size() % lb) % lb;
-      p.tokens.insert(p.tokens.end(), k, pad);
-      p.mask.insert(p.mask.end(), k, 0);
-    }
-  }
+  p.tokens.resize(src.size());
+  p.mask.resize(src.size());
+  src.read(0, src.size(), p.tokens.data(), p.mask.data());
   return p;
+}
+
+std::shared_ptr<TokenSource> open_shard_source(const std::string& glob_or_list, const LoaderOptions& opt) {
+  return std::make_shared<ShardSource>(glob_or_list, opt.vocab_size, pad_spec(opt));
 }
 
 // ---- loader ------------------------------------------------------------------------------------
 
 struct Loader::Impl {
-  std::shared_ptr<const TokenStream> stream;
+  std::shared_ptr<const TokenSource> src;
   LoaderOptions opt;
-  PaddedStream padded;            // used when a padding option is on
-  const int32_t* tok = nullptr;   // [ntok] the stream the windows cut
-  const uint8_t* mask = nullptr;  // [ntok] or nullptr: every token is real
-  uint64_t ntok = 0;
+  uint64_t ntok = 0;     // padded stream length
   uint64_t windows = 0;  // W
   uint64_t global = 0;   // G
   int accum = 0;
@@ -180,12 +169,8 @@ struct Loader::Impl {
       mb.mask.resize(size_t(opt.micro_batch) * L);    // [micro_batch, L]
       for (int row = 0; row < opt.micro_batch; ++row) {
         const uint64_t w = perm(first + uint64_t(m) * uint64_t(opt.micro_batch) + uint64_t(row));
-        const size_t src = size_t(w * L), dst = size_t(row) * L;
-        std::memcpy(mb.tokens.data() + dst, tok + src, L * sizeof(int32_t));
-        if (mask)
-          std::memcpy(mb.mask.data() + dst, mask + src, L);
-        else
-          std::memset(mb.mask.data() + dst, 1, L);
+        const size_t dst = size_t(row) * L;
+        src->read(w * L, L, mb.tokens.data() + dst, mb.mask.data() + dst);
       }
     }
     *after = normalize(LoaderState{s.epoch, s.next_window + global});
@@ -234,55 +219,36 @@ struct Loader::Impl {
 
 Loader::Loader(std::shared_ptr<const TokenStream> stream, LoaderOptions opt)
     : impl_(std::make_unique<Impl>()) {
-  Impl& d = *impl_;
+  check_options(opt);
   BT_CHECK(stream, "data loader: no token stream");
-  const TokenStream& s = *stream;
-  BT_CHECK(opt.context_length >= 1, "data loader: context_length must be >= 1, got ", opt.context_length);
-  BT_CHECK(opt.block_length >= 1, "data loader: block_length must be >= 1, got ", opt.block_length);
-  BT_CHECK(opt.global_batch >= 1 && opt.micro_batch >= 1, "data loader: global_batch (",
-           opt.global_batch, ") and micro_batch (", opt.micro_batch, ") must be >= 1");
-  BT_CHECK(opt.world >= 1 && opt.rank >= 0 && opt.rank < opt.world, "data loader: rank ", opt.rank,
-           " outside world size ", opt.world);
-  BT_CHECK(opt.global_batch % (opt.micro_batch * opt.world) == 0, "data loader: global_batch ",
-           opt.global_batch, " is not divisible by micro_batch ", opt.micro_batch, " x ranks ",
-           opt.world, "; change train.global_batch or train.micro_batch");
-  if (has_padding(opt))
-    BT_CHECK(opt.context_length % opt.block_length == 0, "data loader: context_length ",
-             opt.context_length, " is not a multiple of block_length ", opt.block_length);
-  BT_CHECK(!s.tokens.empty(), "data: the token stream is empty");
-  BT_CHECK(s.eos_id >= 0, "data: the token stream has no EOS id");
-  const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : s.vocab_size;
-  if (opt.vocab_size > 0)
-    BT_CHECK(s.vocab_size <= opt.vocab_size, "data: tokenizer ", s.tokenizer, " has vocab_size ",
-             s.vocab_size, " > model.vocab_size ", opt.vocab_size,
-             "; raise model.vocab_size or prepare the data with a smaller tokenizer");
-  {
-    const auto it = std::max_element(s.tokens.begin(), s.tokens.end());
-    const auto mn = std::min_element(s.tokens.begin(), s.tokens.end());
-    BT_CHECK(*it < vocab, "data: token id ", *it, " at position ", it - s.tokens.begin(),
-             " >= vocab size ", vocab, " (the data was prepared for a larger vocabulary)");
-    BT_CHECK(*mn >= 0, "data: negative token id ", *mn, " at position ", mn - s.tokens.begin());
-  }
-  const int pad = effective_pad_id(s, opt);
-  if (has_padding(opt))
-    BT_CHECK(pad >= 0 && pad < vocab, "data loader: pad_id ", pad, " outside the vocabulary of ", vocab);
-  for (size_t i = 0; i < s.doc_offsets.size(); ++i)
-    BT_CHECK(s.doc_offsets[i] < s.tokens.size() && (i == 0 ? s.doc_offsets[0] == 0
-                                                           : s.doc_offsets[i] > s.doc_offsets[i - 1]),
-             "data: document offsets are not increasing from 0 (offset ", i, " = ", s.doc_offsets[i], ")");
+  init(std::make_shared<const MemorySource>(std::move(stream), pad_spec(opt), opt.vocab_size), opt);
+}
 
-  d.stream = std::move(stream);
-  d.opt = opt;
+Loader::Loader(std::shared_ptr<const TokenSource> source, LoaderOptions opt)
+    : impl_(std::make_unique<Impl>()) {
+  check_options(opt);
+  BT_CHECK(source, "data loader: no token source");
+  BT_CHECK(source->padding() == pad_spec(opt), "data loader: the token source was opened with other "
+           "padding options than the loader's (open it with the loader's options)");
+  if (opt.vocab_size > 0)
+    BT_CHECK(source->vocab_size() <= opt.vocab_size, "data: tokenizer ", source->tokenizer(),
+             " has vocab_size ", source->vocab_size(), " > model.vocab_size ", opt.vocab_size,
+             "; raise model.vocab_size or prepare the data with a smaller tokenizer");
+  init(std::move(source), opt);
+}
+
+void Loader::init(std::shared_ptr<const TokenSource> source, const LoaderOptions& opt) {
+  Impl& d = *impl_;
+  const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : source->vocab_size();
+  BT_CHECK(source->size() > 0, "data: the token stream is empty");
+  BT_CHECK(source->eos_id() >= 0, "data: the token stream has no EOS id");
   if (has_padding(opt)) {
-    d.padded = pad_stream(*d.stream, opt);
-    d.tok = d.padded.tokens.data();
-    d.mask = d.padded.mask.data();
-    d.ntok = d.padded.tokens.size();
-  } else {
-    d.tok = d.stream->tokens.data();
-    d.mask = nullptr;
-    d.ntok = d.stream->tokens.size();
+    const int pad = source->pad_id();
+    BT_CHECK(pad >= 0 && pad < vocab, "data loader: pad_id ", pad, " outside the vocabulary of ", vocab);
   }
+  d.src = std::move(source);
+  d.opt = opt;
+  d.ntok = d.src->size();
   const uint64_t L = uint64_t(opt.context_length);
   d.windows = d.ntok / L;
   d.global = uint64_t(opt.global_batch);
@@ -365,6 +331,8 @@ uint64_t Loader::windows_per_epoch() const { return impl_->windows; }
 uint64_t Loader::steps_per_epoch() const { return impl_->windows / impl_->global; }
 int Loader::accum() const { return impl_->accum; }
 uint64_t Loader::padded_tokens() const { return impl_->ntok; }
+uint64_t Loader::stream_tokens() const { return impl_->src->raw_tokens(); }
+const TokenSource& Loader::source() const { return *impl_->src; }
 const LoaderOptions& Loader::options() const { return impl_->opt; }
 
 }  // namespace bt

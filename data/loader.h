@@ -10,6 +10,8 @@
 // number of ranks and continue with the next unseen window. A partial global batch at the end
 // of an epoch is dropped; the next epoch starts with a new permutation. A background thread
 // prepares the next step's batch; the batches are identical with prefetch on or off.
+// The windows come from a TokenSource (token_source.h): an in-memory TokenStream, or HDF5 shards
+// read lazily (open_shard_source); both give identical batches.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -17,7 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "data/token_stream.h"  // TokenStream, read_shards, synthetic_stream
+#include "data/token_source.h"  // TokenSource, MemorySource, ShardSource
+#include "data/token_stream.h"   // TokenStream, read_shards, synthetic_stream
 
 namespace bt {
 
@@ -66,8 +69,11 @@ struct PaddedStream {
 // Pads before document d: a hash of (seed, d) mod L_B; after each EOS (pad_to_block_boundary):
 // up to the next multiple of L_B. Without either option, a plain copy with an all-ones mask.
 PaddedStream pad_stream(const TokenStream& s, const LoaderOptions& opt);
-// Number of pads placed before document d by random_pad_first_block.
-int first_block_pads(uint64_t seed, uint64_t doc, int block_length);
+// The padding options of `opt` as a PadSpec (normalized: empty when none is active).
+PadSpec pad_spec(const LoaderOptions& opt);
+// The training data read lazily from HDF5 shards (a path, glob or comma-separated list), with
+// opt's padding options and opt.vocab_size as the model vocabulary (see ShardSource).
+std::shared_ptr<TokenSource> open_shard_source(const std::string& glob_or_list, const LoaderOptions& opt);
 
 // A pseudo-random permutation of [0, n) with O(1) memory and random access (a keyed Feistel
 // network with cycle walking); the identity when shuffle is false.
@@ -88,7 +94,10 @@ class WindowPermutation {
 
 class Loader {
  public:
+  // An in-memory stream (padded into a copy when a padding option is on).
   Loader(std::shared_ptr<const TokenStream> stream, LoaderOptions opt);
+  // Any source, e.g. open_shard_source(...); its padding must match opt's (pad_spec(opt)).
+  Loader(std::shared_ptr<const TokenSource> source, LoaderOptions opt);
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
@@ -100,9 +109,12 @@ class Loader {
   uint64_t steps_per_epoch() const;    // windows_per_epoch / global_batch (tail dropped)
   int accum() const;                   // micro-batches per step on this rank
   uint64_t padded_tokens() const;      // length of the stream after padding
+  uint64_t stream_tokens() const;      // length of the stream before padding
+  const TokenSource& source() const;
   const LoaderOptions& options() const;
 
  private:
+  void init(std::shared_ptr<const TokenSource> source, const LoaderOptions& opt);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -92,6 +92,7 @@ void write_h5(const std::string& tmp, const std::string& what, const ShardMeta& 
               const uint16_t* tok16, const uint32_t* tok32, uint64_t ntok, const uint64_t* offsets,
               uint64_t ndocs) {
   h5::init();
+  std::lock_guard<std::mutex> lock(h5::mutex());
   Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
   BT_CHECK(file.valid(), what, ": cannot create '", tmp, "' (", last_error(), ")");
   h5::write_string_attr(file.get(), "format", kShardFormat, what);
@@ -313,10 +314,14 @@ void read_tokens_as(const OpenShard& s, hid_t mem_type, int32_t* out, const std:
 }
 }  // namespace
 
-ShardInfo read_shard_info(const std::string& path) { return open_shard(path).info; }
+ShardInfo read_shard_info(const std::string& path) {
+  std::lock_guard<std::mutex> lock(h5::mutex());
+  return open_shard(path).info;
+}
 
 ShardInfo read_shard(const std::string& path, std::vector<int32_t>& tokens,
                      std::vector<uint64_t>& doc_offsets) {
+  std::lock_guard<std::mutex> lock(h5::mutex());
   OpenShard s = open_shard(path);
   const std::string what = shard_what(path);
   const ShardInfo& in = s.info;
@@ -358,4 +363,96 @@ ShardInfo read_shard(const std::string& path, std::vector<int32_t>& tokens,
   return in;
 }
 
+// ---- ShardFile ---------------------------------------------------------------------------------
+
+struct ShardFile::Impl {
+  OpenShard s;
+  std::string what;
+  Handle fspace;                // /tokens' dataspace, reused for every selection
+  std::vector<uint16_t> buf16;  // conversion buffers
+  std::vector<uint32_t> buf32;
+};
+
+ShardFile::ShardFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  std::lock_guard<std::mutex> lock(h5::mutex());
+  try {
+    impl_->s = open_shard(path);
+    impl_->what = shard_what(path);
+    impl_->fspace = Handle(H5Dget_space(impl_->s.tokens.get()), H5Sclose);
+    BT_CHECK(impl_->fspace.valid(), impl_->what, ": cannot read the shape of /tokens (", last_error(), ")");
+  } catch (...) {
+    impl_.reset();  // close the handles under the lock
+    throw;
+  }
+}
+
+ShardFile::~ShardFile() {
+  std::lock_guard<std::mutex> lock(h5::mutex());
+  impl_.reset();
+}
+
+const ShardInfo& ShardFile::info() const { return impl_->s.info; }
+
+namespace {
+template <class T>
+void read_converted(hid_t ds, hid_t fspace, hid_t mem_type, uint64_t start, uint64_t n,
+                    std::vector<T>& buf, int32_t* out, uint64_t vocab, const std::string& what) {
+  if (buf.size() < n) buf.resize(n);
+  hsize_t off[1] = {start}, cnt[1] = {n};
+  BT_CHECK(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, off, nullptr, cnt, nullptr) >= 0, what,
+           ": cannot select a range of /tokens (", last_error(), ")");
+  Handle mspace(H5Screate_simple(1, cnt, nullptr), H5Sclose);
+  BT_CHECK(mspace.valid(), what, ": H5Screate_simple failed (", last_error(), ")");
+  if (H5Dread(ds, mem_type, mspace.get(), fspace, H5P_DEFAULT, buf.data()) < 0) {
+    std::string err = last_error();
+    BT_FAIL(what, ": cannot read /tokens at elements ", start, "..", start + n,
+            ", the file is truncated or damaged (HDF5: ", err, ")");
+  }
+  T maxv = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    maxv = std::max(maxv, buf[i]);
+    out[i] = int32_t(buf[i]);
+  }
+  if (uint64_t(maxv) >= vocab) {
+    uint64_t i = 0;
+    while (uint64_t(buf[i]) < vocab) ++i;
+    BT_FAIL(what, ": token id ", uint64_t(buf[i]), " at position ", start + i, " >= vocab_size ",
+            vocab, " (corrupt shard or wrong vocab_size attribute)");
+  }
+}
+}  // namespace
+
+void ShardFile::read_tokens(uint64_t start, uint64_t n, int32_t* out) {
+  std::lock_guard<std::mutex> lock(h5::mutex());
+  Impl& d = *impl_;
+  const ShardInfo& in = d.s.info;
+  BT_CHECK(start <= in.tokens && n <= in.tokens - start, d.what, ": read of tokens ", start, "..",
+           start + n, " past the end (", in.tokens, " tokens)");
+  if (n == 0) return;
+  if (in.token_bytes == 2)
+    read_converted(d.s.tokens.get(), d.fspace.get(), H5T_NATIVE_UINT16, start, n, d.buf16, out,
+                   uint64_t(in.vocab_size), d.what);
+  else
+    read_converted(d.s.tokens.get(), d.fspace.get(), H5T_NATIVE_UINT32, start, n, d.buf32, out,
+                   uint64_t(in.vocab_size), d.what);
+}
+
+std::vector<uint64_t> ShardFile::read_doc_offsets() {
+  std::lock_guard<std::mutex> lock(h5::mutex());
+  Impl& d = *impl_;
+  const ShardInfo& in = d.s.info;
+  std::vector<uint64_t> offs(in.documents);
+  if (in.documents > 0)
+    read_range(d.s.offsets.get(), H5T_NATIVE_UINT64, 0, in.documents, offs.data(), "doc_offsets", d.what);
+  for (uint64_t i = 0; i < in.documents; ++i) {
+    if (i == 0)
+      BT_CHECK(offs[0] == 0, d.what, ": /doc_offsets[0] is ", offs[0], ", expected 0");
+    else
+      BT_CHECK(offs[i] > offs[i - 1] && offs[i] < in.tokens, d.what, ": /doc_offsets[", i, "] = ",
+               offs[i], " is not increasing or is past the end (", in.tokens, " tokens)");
+  }
+  return offs;
+}
+
 }  // namespace bt
+

@@ -8,6 +8,7 @@
 // Readers check every HDF5 call and fail with one line naming the file and the problem.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,28 @@ ShardInfo read_shard_info(const std::string& path);
 // that every document ends with EOS.
 ShardInfo read_shard(const std::string& path, std::vector<int32_t>& tokens,
                      std::vector<uint64_t>& doc_offsets);
+
+// One shard kept open for random-access reads of token ranges (the lazy loader's reader). The
+// constructor validates like read_shard_info; nothing is read up front. Every method takes
+// h5::mutex(), so ShardFiles may be used from several threads (the calls are serialized).
+class ShardFile {
+ public:
+  explicit ShardFile(const std::string& path);
+  ~ShardFile();
+  ShardFile(const ShardFile&) = delete;
+  ShardFile& operator=(const ShardFile&) = delete;
+
+  const ShardInfo& info() const;
+  // Tokens [start, start + n) of /tokens as int32 (one hyperslab read). Fails with one line
+  // naming the shard when the range cannot be read or holds an id >= vocab_size.
+  void read_tokens(uint64_t start, uint64_t n, int32_t* out);
+  // The whole /doc_offsets, checked: [0] == 0, strictly increasing, below the token count.
+  std::vector<uint64_t> read_doc_offsets();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // fsync a file or directory by path; throws bt::Error naming it on failure.
 void fsync_path(const std::string& path);

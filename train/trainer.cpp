@@ -87,10 +87,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     if (world > 1) reducer_ = std::make_unique<GradReducer>(comm_, model_->grads(), bucket_elems());
   }
 
-  // Data: shards, or a synthetic stream when no shards are configured.
-  if (!cfg_.data.train.empty()) {
-    train_stream_ = std::make_shared<const TokenStream>(read_shards(cfg_.data.train, cfg_.model.vocab_size));
-  } else {
+  // Data: shards (read lazily, train_stream_ stays null), or a synthetic stream in memory when no
+  // shards are configured.
+  if (cfg_.data.train.empty()) {
     BT_CHECK(!cfg_.data.synthetic.empty(), "data.train is empty: give a shard glob (or data.synthetic for tests)");
     train_stream_ = std::make_shared<const TokenStream>(
         synthetic_stream(cfg_.data.synthetic, cfg_.model.vocab_size, t.seed));
@@ -106,14 +105,14 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   lo.random_pad_first_block = cfg_.data.random_pad_first_block;
   lo.pad_to_block_boundary = cfg_.data.pad_to_block_boundary;
   lo.vocab_size = cfg_.model.vocab_size;
-  loader_ = std::make_unique<Loader>(train_stream_, lo);
+  loader_ = train_stream_ ? std::make_unique<Loader>(train_stream_, lo)
+                         : std::make_unique<Loader>(open_shard_source(cfg_.data.train, lo), lo);
   if (!cfg_.data.val.empty()) {
-    val_stream_ = std::make_shared<const TokenStream>(read_shards(cfg_.data.val, cfg_.model.vocab_size));
     LoaderOptions vo = lo;
     vo.global_batch = t.micro_batch * world;
     vo.shuffle = false;
     vo.prefetch = false;
-    val_loader_ = std::make_unique<Loader>(val_stream_, vo);
+    val_loader_ = std::make_unique<Loader>(open_shard_source(cfg_.data.val, vo), vo);
   }
 
   // Where to start from: a checkpoint (resume), official weights (fine-tuning), or the init.
@@ -365,7 +364,7 @@ void Trainer::log_start() const {
   log_info("batch: global {} = micro {} x accum {} x ranks {} | {} tokens/step | {} steps", cfg_.train.global_batch,
            cfg_.train.micro_batch, accum_, comm_.world(),
            format_count(double(cfg_.train.global_batch) * m.context_length), cfg_.train.steps);
-  log_info("data: {} tokens in {} windows/epoch", format_count(double(train_stream_->tokens.size())),
+  log_info("data: {} tokens in {} windows/epoch", format_count(double(loader_->stream_tokens())),
            loader_->windows_per_epoch());
 }
 

@@ -1,13 +1,19 @@
 // The loader: world-size invariance, epoch coverage, exact resume (also across world sizes),
-// the padding options, prefetch equivalence, and its one-line errors.
+// the padding options, prefetch equivalence, and its one-line errors; the lazy shard source
+// gives exactly the batches of the in-memory stream.
 #include <gtest/gtest.h>
+#include <hdf5.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/loader.h"
+#include "data/shard.h"
 
 using namespace bt;
 
@@ -382,4 +388,215 @@ TEST(Loader, Errors) {
   expect_error([&] { Loader l(empty, o); }, "empty");
   Loader ok(s, o);
   expect_error([&] { ok.set_state(LoaderState{0, 1000}); }, "past the");
+}
+
+// ---- the lazy shard source ---------------------------------------------------------------------
+
+namespace {
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "bt_test_loader_XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+// Writes s as shards cut at document boundaries after the given document counts (the rest goes
+// into the last shard); a count of 0 makes an empty shard. Returns the glob.
+std::string write_as_shards(const TokenStream& s, const TempDir& dir, const std::string& name,
+                            const std::vector<size_t>& docs_per_shard) {
+  size_t d = 0;
+  for (size_t i = 0; i <= docs_per_shard.size(); ++i) {
+    const size_t nd = i < docs_per_shard.size() ? docs_per_shard[i] : s.doc_offsets.size() - d;
+    const uint64_t b = d < s.doc_offsets.size() ? s.doc_offsets[d] : s.tokens.size();
+    const uint64_t e = d + nd < s.doc_offsets.size() ? s.doc_offsets[d + nd] : s.tokens.size();
+    std::vector<int32_t> tok(s.tokens.begin() + int64_t(b), s.tokens.begin() + int64_t(e));
+    std::vector<uint64_t> offs;
+    for (size_t k = d; k < d + nd; ++k) offs.push_back(s.doc_offsets[k] - b);
+    char fname[64];
+    std::snprintf(fname, sizeof fname, "%s-%05zu.h5", name.c_str(), i);
+    write_shard(dir / fname, ShardMeta{s.vocab_size, s.eos_id, s.tokenizer}, tok, offs);
+    d += nd;
+  }
+  return dir / (name + "-*.h5");
+}
+
+using MakeLoader = std::function<std::unique_ptr<Loader>(const LoaderOptions&)>;
+
+// As global_batches, for any way of making a rank's loader.
+std::vector<Rows> global_batches_of(const MakeLoader& make, LoaderOptions base, int world, int steps,
+                                    const LoaderState* start = nullptr) {
+  std::vector<std::unique_ptr<Loader>> ranks;
+  for (int r = 0; r < world; ++r) {
+    LoaderOptions o = base;
+    o.rank = r;
+    o.world = world;
+    ranks.push_back(make(o));
+    if (start) ranks.back()->set_state(*start);
+  }
+  std::vector<Rows> out;
+  for (int i = 0; i < steps; ++i) {
+    Rows all;
+    for (auto& l : ranks) {
+      Rows r = flatten(l->next());
+      all.tok.insert(all.tok.end(), r.tok.begin(), r.tok.end());
+      all.mask.insert(all.mask.end(), r.mask.begin(), r.mask.end());
+    }
+    out.push_back(std::move(all));
+  }
+  for (auto& l : ranks) EXPECT_EQ(l->state(), ranks.front()->state());
+  return out;
+}
+}  // namespace
+
+TEST(ShardSource, SameBatchesAsTheInMemoryStream) {
+  TempDir tmp;
+  for (int vocab : {300, 70000}) {  // uint16 and uint32 on disk
+    auto s = make_stream(16 * 8 * 12 + 37, vocab, 50, 11);
+    const size_t nd = s->doc_offsets.size();
+    ASSERT_GT(nd, 40u);
+    const std::string glob = write_as_shards(*s, tmp, "c" + std::to_string(vocab), {7, 0, nd / 2, 1});
+    EXPECT_EQ(read_shards(glob, 0).tokens, s->tokens);
+    struct Case {
+      bool first, boundary;
+      int pad_id;
+    };
+    for (Case c : {Case{false, false, -1}, Case{true, false, -1}, Case{false, true, -1}, Case{true, true, -1},
+                   Case{true, true, 7}}) {
+      for (size_t max_open : {size_t(0), size_t(2)}) {
+        SCOPED_TRACE(testing::Message() << "vocab=" << vocab << " first=" << c.first << " boundary=" << c.boundary
+                                        << " pad=" << c.pad_id << " max_open=" << max_open);
+        LoaderOptions o = opts(16, 8, 2);
+        o.block_length = 4;
+        o.random_pad_first_block = c.first;
+        o.pad_to_block_boundary = c.boundary;
+        o.pad_id = c.pad_id;
+        o.vocab_size = vocab;
+        auto src = std::make_shared<ShardSource>(glob, vocab, pad_spec(o), max_open);
+        EXPECT_EQ(src->raw_tokens(), s->tokens.size());
+        EXPECT_EQ(src->documents(), nd);
+        EXPECT_EQ(src->shards(), 5u);
+        // The whole padded stream, read in odd pieces, equals the in-memory one.
+        {
+          MemorySource mem(s, pad_spec(o), vocab);
+          ASSERT_EQ(src->size(), mem.size());
+          std::vector<int32_t> a(mem.size()), b(mem.size());
+          std::vector<uint8_t> am(mem.size()), bm(mem.size());
+          mem.read(0, mem.size(), a.data(), am.data());
+          for (uint64_t at = 0, step = 1; at < mem.size(); at += step, step = step * 3 % 101 + 1) {
+            const uint64_t n = std::min(step, mem.size() - at);
+            src->read(at, n, b.data() + at, bm.data() + at);
+          }
+          ASSERT_EQ(a, b);
+          ASSERT_EQ(am, bm);
+        }
+        const MakeLoader mem = [&](const LoaderOptions& lo) { return std::make_unique<Loader>(s, lo); };
+        const MakeLoader lazy = [&](const LoaderOptions& lo) {
+          return std::make_unique<Loader>(std::shared_ptr<const TokenSource>(src), lo);
+        };
+        const int spe = int(Loader(s, o).steps_per_epoch());
+        ASSERT_GE(spe, 5);
+        const int steps = 2 * spe + 3;  // crosses two epoch boundaries
+        auto want = global_batches_of(mem, o, 1, steps);
+        for (int world : {1, 2}) {
+          auto got = global_batches_of(lazy, o, world, steps);
+          for (int i = 0; i < steps; ++i) EXPECT_TRUE(got[i] == want[i]) << "world " << world << " step " << i;
+          // Resume mid-epoch and across an epoch boundary.
+          for (int split : {3, spe + 1}) {
+            auto first = lazy(o);
+            for (int i = 0; i < split; ++i) first->next();
+            const LoaderState st = LoaderState::from_json(nlohmann::json::parse(first->state().to_json().dump()));
+            auto rest = global_batches_of(lazy, o, world, steps - split, &st);
+            for (int i = split; i < steps; ++i)
+              EXPECT_TRUE(rest[i - split] == want[i]) << "resume at " << split << " world " << world << " step " << i;
+          }
+        }
+        // Validation order (no shuffle, no prefetch).
+        LoaderOptions v = o;
+        v.shuffle = false;
+        v.prefetch = false;
+        auto vw = global_batches_of(mem, v, 1, spe + 1), vg = global_batches_of(lazy, v, 1, spe + 1);
+        for (int i = 0; i <= spe; ++i) EXPECT_TRUE(vw[i] == vg[i]) << "validation step " << i;
+        Loader l(std::shared_ptr<const TokenSource>(src), o);
+        EXPECT_EQ(l.stream_tokens(), s->tokens.size());
+        EXPECT_EQ(l.padded_tokens(), src->size());
+      }
+    }
+  }
+}
+
+TEST(ShardSource, ErrorsAtOpenAndOnRead) {
+  TempDir tmp;
+  auto expect_error = [](auto&& f, std::initializer_list<std::string> needles) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error";
+    } catch (const bt::Error& e) {
+      const std::string m = e.what();
+      for (const auto& n : needles) EXPECT_NE(m.find(n), std::string::npos) << m;
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    }
+  };
+  auto s = make_stream(16 * 8 * 4, 300, 40, 12);
+  const std::string glob = write_as_shards(*s, tmp, "ok", {10});
+  LoaderOptions o = opts(16, 4, 2);
+  o.vocab_size = 200;
+  expect_error([&] { open_shard_source(glob, o); }, {"ok-00000.h5", "vocab_size 300", "model.vocab_size 200"});
+  o.vocab_size = 300;
+  // A mismatch between the source's and the loader's padding options.
+  auto plain = open_shard_source(glob, o);
+  LoaderOptions padded = o;
+  padded.block_length = 4;
+  padded.pad_to_block_boundary = true;
+  expect_error([&] { Loader l(std::shared_ptr<const TokenSource>(plain), padded); }, {"padding options"});
+  // Mixed tokenizers.
+  auto other = std::make_shared<TokenStream>(*s);
+  other->tokenizer = "other";
+  write_as_shards(*other, tmp, "zz", {});
+  expect_error([&] { open_shard_source(glob + "," + (tmp / "zz-00000.h5"), o); }, {"mixed tokenizers", "zz-00000.h5"});
+  // Truncated.
+  fs::copy_file(tmp / "ok-00001.h5", tmp / "trunc.h5");
+  fs::resize_file(tmp / "trunc.h5", fs::file_size(tmp / "ok-00001.h5") / 2);
+  expect_error([&] { open_shard_source(tmp / "trunc.h5", o); }, {"trunc.h5", "truncated"});
+
+  // A bad token id is not looked for at open, but reported by the read that meets it.
+  fs::copy_file(tmp / "ok-00001.h5", tmp / "bad-00001.h5");
+  fs::copy_file(tmp / "ok-00000.h5", tmp / "bad-00000.h5");
+  {
+    hid_t f = H5Fopen((tmp / "bad-00001.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    hid_t d = H5Dopen2(f, "tokens", H5P_DEFAULT);
+    hid_t fs_ = H5Dget_space(d);
+    hsize_t off[1] = {5}, cnt[1] = {1};
+    H5Sselect_hyperslab(fs_, H5S_SELECT_SET, off, nullptr, cnt, nullptr);
+    hid_t ms = H5Screate_simple(1, cnt, nullptr);
+    const uint16_t v = 299 + 7;
+    ASSERT_GE(H5Dwrite(d, H5T_NATIVE_UINT16, ms, fs_, H5P_DEFAULT, &v), 0);
+    H5Sclose(ms);
+    H5Sclose(fs_);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  for (bool boundary : {false, true}) {
+    LoaderOptions b = o;
+    b.block_length = 4;
+    b.pad_to_block_boundary = boundary;
+    b.shuffle = false;
+    std::shared_ptr<TokenSource> src;
+    ASSERT_NO_THROW(src = open_shard_source(tmp / "bad-*.h5", b));
+    Loader l(std::shared_ptr<const TokenSource>(src), b);
+    expect_error([&] {
+      for (uint64_t i = 0; i <= l.steps_per_epoch(); ++i) l.next();
+    }, {"bad-00001.h5", "token id 306", "position 5", "vocab_size 300"});
+    std::vector<int32_t> t(src->size());
+    std::vector<uint8_t> m(src->size());
+    expect_error([&] { src->read(0, src->size(), t.data(), m.data()); }, {"bad-00001.h5", "token id 306"});
+  }
 }
