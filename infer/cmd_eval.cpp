@@ -70,7 +70,6 @@ void add_eval_command(CLI::App& app) {
     } else {
       const std::string glob = a->data.empty() ? im.config.data.val : a->data;
       BT_CHECK(!glob.empty(), "no data to evaluate: give --data GLOB (the config has no data.val)");
-      auto stream = std::make_shared<const TokenStream>(read_shards(glob, mc.vocab_size));
       LoaderOptions lo;
       lo.context_length = L;
       lo.block_length = mc.is_block() ? mc.block_length : 1;
@@ -80,6 +79,8 @@ void add_eval_command(CLI::App& app) {
       lo.vocab_size = mc.vocab_size;
       lo.shuffle = false;
       lo.prefetch = false;
+      // Windows are read lazily from the shards, as in training.
+      std::shared_ptr<const TokenSource> stream = open_shard_source(glob, lo);
       // Probe the number of windows with a batch of 1, then size the batch to the data.
       lo.global_batch = lo.micro_batch = 1;
       const uint64_t windows = Loader(stream, lo).windows_per_epoch();
