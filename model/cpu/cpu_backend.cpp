@@ -3,6 +3,7 @@
 // backend (a list of aligned blocks that lives as long as the backend).
 #include "model/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -156,11 +157,20 @@ class CpuBackend final : public Backend {
   }
 
   double sum_squares(Tensor g) override {
+    // Fixed chunks summed in order: the result does not depend on the number of threads, so
+    // the clipping factor (and every run) is reproducible bit for bit on any machine.
     const T* x = p(g);
-    const size_t n = g.numel();
+    const size_t n = g.numel(), chunk = 1 << 16, chunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(chunks, 0.0);
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; ++c) {
+      double s = 0;
+      for (size_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i)
+        s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+      part[c] = s;
+    }
     double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-    for (size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    for (double v : part) s += v;
     return s;
   }
   void scale(Tensor t, double s) override {
