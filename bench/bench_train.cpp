@@ -12,6 +12,7 @@
 #include "model/backend.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "model/profiling_backend.h"
 #include "optim/adamw.h"
 
 namespace bt {
@@ -21,7 +22,9 @@ void bench_train(const BenchTrainOptions& o) {
   BackendOptions bo;
   bo.device = cfg.train.device;
   bo.precision = cfg.train.precision;
-  auto be = make_backend(bo);
+  auto device_be = make_backend(bo);
+  std::unique_ptr<Backend> prof = o.profile ? make_profiling_backend(*device_be) : nullptr;
+  Backend* be = prof ? prof.get() : device_be.get();
   const int B = cfg.train.micro_batch, L = cfg.model.context_length;
   Model model(cfg.model, *be, B);
   model.init(cfg.train.seed);
@@ -37,6 +40,7 @@ void bench_train(const BenchTrainOptions& o) {
     be->synchronize();
   };
   for (int i = 0; i < o.warmup; ++i) step();
+  reset_profile(*be);
   std::vector<double> times;
   for (int i = 0; i < o.steps; ++i) {
     Timer t;
@@ -53,6 +57,18 @@ void bench_train(const BenchTrainOptions& o) {
              model.table().total_params() / 1e6, model.table().non_embedding() / 1e6, model.flops_per_token() / 1e9);
   fmt::print("  step {:.1f} ms (median of {}, min {:.1f}, max {:.1f}) | {:.0f} tokens/s | {:.1f} GFLOP/s\n", med * 1e3,
              times.size(), times.front() * 1e3, times.back() * 1e3, tokens_per_s, gflops);
+  if (prof) {
+    // Per op group, averaged over the timed steps (ops synchronized one by one).
+    auto groups = profile_times(*be);
+    double total = 0;
+    for (auto& [name, g] : groups) total += g.seconds;
+    std::vector<std::pair<std::string, OpGroupTime>> sorted(groups.begin(), groups.end());
+    std::sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) { return a.second.seconds > b.second.seconds; });
+    fmt::print("  time per op group (per step; ops synchronized one by one, so the sum exceeds the step):\n");
+    for (auto& [name, g] : sorted)
+      fmt::print("    {:<12} {:>8.2f} ms {:>5.1f}%  ({} calls)\n", name, g.seconds / times.size() * 1e3,
+                 100.0 * g.seconds / total, g.calls / long(times.size()));
+  }
 }
 
 void bench_gemm(int M, int N, int K, int reps) {

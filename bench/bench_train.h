@@ -11,6 +11,7 @@ struct BenchTrainOptions {
   std::vector<std::string> overrides;
   int steps = 5;
   int warmup = 1;
+  bool profile = false;  // time per op group (each op synchronized)
 };
 void bench_train(const BenchTrainOptions& o);
 // sgemm GFLOP/s on square-ish shapes typical of the tiny model (M x K by K x N).

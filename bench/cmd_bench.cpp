@@ -19,6 +19,7 @@ void add_bench_command(CLI::App& app) {
   train->add_option("overrides", tr->overrides, "section.key=value overrides");
   train->add_option("--steps", tr->steps, "timed steps (median reported)");
   train->add_option("--warmup", tr->warmup, "untimed steps first");
+  train->add_flag("--profile", tr->profile, "also print the time per op group (GEMM, attention, LayerNorm, ...)");
   train->callback([tr] { bench_train(*tr); });
 
   auto gm = std::make_shared<std::array<int, 4>>(std::array<int, 4>{4096, 1024, 256, 10});
