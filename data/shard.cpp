@@ -454,5 +454,17 @@ std::vector<uint64_t> ShardFile::read_doc_offsets() {
   return offs;
 }
 
+void check_shard_fits(const ShardInfo& a, const ShardInfo& in, int model_vocab_size) {
+  BT_CHECK(in.tokenizer == a.tokenizer, "mixed tokenizers: shard '", a.path, "' was made with ", a.tokenizer, " but '",
+           in.path, "' with ", in.tokenizer, "; train on shards of one tokenizer");
+  BT_CHECK(in.vocab_size == a.vocab_size && in.eos_id == a.eos_id, "shards '", a.path, "' and '", in.path,
+           "' disagree on vocab_size/eos_id (", a.vocab_size, "/", a.eos_id, " vs ", in.vocab_size, "/", in.eos_id,
+           ")");
+  if (model_vocab_size > 0)
+    BT_CHECK(in.vocab_size <= model_vocab_size, "shard '", in.path, "': tokenizer ", in.tokenizer, " has vocab_size ",
+             in.vocab_size, " > model.vocab_size ", model_vocab_size,
+             "; raise model.vocab_size or prepare the data with a smaller tokenizer");
+}
+
 }  // namespace bt
 

@@ -31,6 +31,11 @@ struct ShardInfo : ShardMeta {
   int token_bytes = 0;     // 2 (uint16) or 4 (uint32)
 };
 
+// Checks that shard `in` can be read together with `first` (the first shard of the same set)
+// by a model of model_vocab_size tokens (<= 0: no model limit): one tokenizer, one vocabulary,
+// a vocabulary that fits. `first` may be `in` itself.
+void check_shard_fits(const ShardInfo& first, const ShardInfo& in, int model_vocab_size);
+
 // Accumulates documents in memory (in the on-disk width) and writes the shard on finish().
 // Nothing appears under `path` before finish() returns; a writer destroyed without finish()
 // leaves nothing behind.

@@ -63,19 +63,7 @@ TokenStream read_shards(const std::string& glob_or_list, int model_vocab_size) {
   uint64_t total = 0, docs = 0;
   for (const auto& p : paths) {
     ShardInfo in = read_shard_info(p);
-    if (!infos.empty()) {
-      const ShardInfo& a = infos.front();
-      BT_CHECK(in.tokenizer == a.tokenizer, "mixed tokenizers: shard '", a.path, "' was made with ",
-               a.tokenizer, " but '", p, "' with ", in.tokenizer,
-               "; train on shards of one tokenizer");
-      BT_CHECK(in.vocab_size == a.vocab_size && in.eos_id == a.eos_id, "shards '", a.path, "' and '",
-               p, "' disagree on vocab_size/eos_id (", a.vocab_size, "/", a.eos_id, " vs ",
-               in.vocab_size, "/", in.eos_id, ")");
-    }
-    if (model_vocab_size > 0)
-      BT_CHECK(in.vocab_size <= model_vocab_size, "shard '", p, "': tokenizer ", in.tokenizer,
-               " has vocab_size ", in.vocab_size, " > model.vocab_size ", model_vocab_size,
-               "; raise model.vocab_size or prepare the data with a smaller tokenizer");
+    check_shard_fits(infos.empty() ? in : infos.front(), in, model_vocab_size);
     total += in.tokens;
     docs += in.documents;
     infos.push_back(std::move(in));

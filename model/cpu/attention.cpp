@@ -22,32 +22,6 @@
 
 namespace bt::cpu {
 
-namespace {
-
-// cos and sin tables [Tn, rd/2] for positions 0..Tn-1.
-template <class T>
-void rotary_tables(std::vector<T>& cos_t, std::vector<T>& sin_t, int Tn, int rd, double base) {
-  const int half = rd / 2;
-  cos_t.resize(static_cast<size_t>(Tn) * half);
-  sin_t.resize(static_cast<size_t>(Tn) * half);
-  for (int i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(base, -2.0 * i / rd);
-    for (int t = 0; t < Tn; ++t) {
-      const double a = t * inv_freq;
-      cos_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::cos(a));
-      sin_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::sin(a));
-    }
-  }
-}
-
-void check_rotary(int hd, int rd) {
-  BT_CHECK(rd >= 0 && rd <= hd && rd % 2 == 0, "rotary dims ", rd, " must be even and within the head dim ", hd,
-           " (rotary_pct gives an odd or too large count; pick a head dim that makes it even)");
-}
-
-
-}  // namespace
-
 template <class T>
 void qkv_rotary_forward(T* q, T* k, T* v, const T* qkv, size_t B, int Tn, int H, int hd, int rd, double base) {
   // q, k, v [B, H, T, hd]; qkv [B, T, H, 3, hd]

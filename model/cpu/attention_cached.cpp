@@ -19,20 +19,12 @@ template <class T>
 void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H, int hd, int Tmax, int64_t pos0,
                       int rd, double base) {
   // q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]; qkv [B, T, H, 3, hd]
-  BT_CHECK(rd >= 0 && rd <= hd && rd % 2 == 0, "rotary dims ", rd, " must be even and within the head dim ", hd);
+  check_rotary(hd, rd);
   BT_CHECK(pos0 >= 0 && pos0 + Tn <= Tmax, "qkv_rotary_cache: positions ", pos0, "..", pos0 + Tn - 1,
            " exceed the cache length ", Tmax);
   const int half = rd / 2;
-  // cos/sin [T, half] at positions pos0 + t, computed exactly as rotary_tables does.
-  std::vector<T> cos_t(static_cast<size_t>(Tn) * half), sin_t(static_cast<size_t>(Tn) * half);
-  for (int i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(base, -2.0 * i / rd);
-    for (int t = 0; t < Tn; ++t) {
-      const double a = static_cast<double>(pos0 + t) * inv_freq;
-      cos_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::cos(a));
-      sin_t[static_cast<size_t>(t) * half + i] = static_cast<T>(std::sin(a));
-    }
-  }
+  std::vector<T> cos_t, sin_t;  // [T, half] at positions pos0 + t
+  rotary_tables(cos_t, sin_t, Tn, rd, base, pos0);
   const size_t rows = B * Tn;
 #pragma omp parallel for schedule(static) if (rows * H * hd >= (1u << 14))
   for (size_t r = 0; r < rows; ++r) {
