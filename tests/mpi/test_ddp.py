@@ -104,6 +104,14 @@ def main():
             check(f"resume {label}: 10 steps match the straight run (worst {worst:.2e})",
                   sorted(la) == sorted(ls) and worst < 1e-5)
 
+        # Ranks launched with different configs refuse to train, naming the odd rank.
+        base = ["train"] + COMMON + ["train.steps=3", "train.micro_batch=4", f"train.out_dir={d('mismatch')}"]
+        cmd = ["mpirun", "-np", "1", "--oversubscribe", BT] + base + [":", "-np", "1", BT] + base + ["train.seed=7"]
+        p = subprocess.run(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+        check("config mismatch: the job fails", p.returncode != 0, p.stdout[-800:])
+        check("config mismatch: the message names rank 1", "rank 1 runs a different config" in p.stdout,
+              p.stdout[-800:])
+
         # A rank killed with SIGKILL: the job ends non-zero, with a message, within 60 s.
         out = d("kill")
         cmd = ["mpirun", "-np", "2", "--oversubscribe", BT, "train"] + COMMON + [
