@@ -5,6 +5,7 @@
   accumulation, with ZeRO-1 on and off.
 - A checkpoint written by 2 ranks resumes on 1 rank (and the reverse) and continues with the
   losses an uninterrupted run produces.
+- Ranks launched with different configs refuse to train, naming the odd rank.
 - Killing one rank (SIGKILL) makes the job exit non-zero with a message within 60 s.
 Run by ctest with BT_BINARY (the bt executable) and BT_SOURCE_DIR.
 """
