@@ -42,11 +42,7 @@ void qkv_rotary_forward(T* q, T* k, T* v, const T* qkv, size_t B, int Tn, int H,
       for (int which = 0; which < 2; ++which) {  // q, then k
         const T* x = src + which * hd;
         T* o = (which == 0 ? q : k) + dst;
-        for (int i = 0; i < half; ++i) {
-          o[i] = x[i] * c[i] - x[i + half] * s[i];
-          o[i + half] = x[i + half] * c[i] + x[i] * s[i];
-        }
-        for (int i = rd; i < hd; ++i) o[i] = x[i];
+        rotate_half(o, x, c, s, rd, hd);
       }
       const T* xv = src + 2 * hd;
       T* ov = v + dst;

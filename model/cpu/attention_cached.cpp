@@ -38,11 +38,7 @@ void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H,
       for (int which = 0; which < 2; ++which) {
         const T* x = src + which * hd;
         T* o = outs[which];
-        for (int i = 0; i < half; ++i) {
-          o[i] = x[i] * c[i] - x[i + half] * s[i];
-          o[i + half] = x[i + half] * c[i] + x[i] * s[i];
-        }
-        for (int i = rd; i < hd; ++i) o[i] = x[i];
+        rotate_half(o, x, c, s, rd, hd);
       }
       const T* xv = src + 2 * hd;
       T* ov = vc + ((b * H + h) * static_cast<size_t>(Tmax) + pos0 + t) * hd;

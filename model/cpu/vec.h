@@ -40,6 +40,19 @@ void rotary_tables(std::vector<T>& cos_t, std::vector<T>& sin_t, int Tn, int rd,
   }
 }
 
+// o = x rotated (rotate-half pairing i <-> i + rd/2) by the angles whose cos/sin are c, s [rd/2];
+// dims rd .. hd-1 pass through. One routine for the training and the KV-cached paths, so both
+// rotate bit-identically.
+template <class T>
+inline void rotate_half(T* o, const T* x, const T* c, const T* s, int rd, int hd) {
+  const int half = rd / 2;
+  for (int i = 0; i < half; ++i) {
+    o[i] = x[i] * c[i] - x[i + half] * s[i];
+    o[i + half] = x[i + half] * c[i] + x[i] * s[i];
+  }
+  for (int i = rd; i < hd; ++i) o[i] = x[i];
+}
+
 inline void check_rotary(int hd, int rd) {
   BT_CHECK(rd >= 0 && rd <= hd && rd % 2 == 0, "rotary dims ", rd, " must be even and within the head dim ", hd,
            " (rotary_pct gives an odd or too large count; pick a head dim that makes it even)");
