@@ -63,17 +63,19 @@ Rows flatten(const StepBatch& b) {
   return r;
 }
 
-// The global batch of `steps` steps for a given world size: ranks' slices concatenated.
-std::vector<Rows> global_batches(std::shared_ptr<const TokenStream> s, LoaderOptions base, int world,
-                                 int steps, const LoaderState* start = nullptr) {
+using MakeLoader = std::function<std::unique_ptr<Loader>(const LoaderOptions&)>;
+
+// The global batch of `steps` steps for a given world size: ranks' slices concatenated, for
+// any way of making a rank's loader.
+std::vector<Rows> global_batches_of(const MakeLoader& make, LoaderOptions base, int world, int steps,
+                                    const LoaderState* start = nullptr) {
   std::vector<std::unique_ptr<Loader>> ranks;
   for (int r = 0; r < world; ++r) {
     LoaderOptions o = base;
     o.rank = r;
     o.world = world;
-    ranks.push_back(std::make_unique<Loader>(s, o));
+    ranks.push_back(make(o));
     if (start) ranks.back()->set_state(*start);
-    EXPECT_EQ(ranks.back()->accum(), base.global_batch / (base.micro_batch * world));
   }
   std::vector<Rows> out;
   for (int i = 0; i < steps; ++i) {
@@ -87,6 +89,18 @@ std::vector<Rows> global_batches(std::shared_ptr<const TokenStream> s, LoaderOpt
   }
   for (auto& l : ranks) EXPECT_EQ(l->state(), ranks.front()->state());
   return out;
+}
+
+// The same for the in-memory stream.
+std::vector<Rows> global_batches(std::shared_ptr<const TokenStream> s, LoaderOptions base, int world,
+                                 int steps, const LoaderState* start = nullptr) {
+  return global_batches_of(
+      [&](const LoaderOptions& o) {
+        auto l = std::make_unique<Loader>(s, o);
+        EXPECT_EQ(l->accum(), base.global_batch / (base.micro_batch * world));
+        return l;
+      },
+      base, world, steps, start);
 }
 
 }  // namespace
@@ -428,32 +442,6 @@ std::string write_as_shards(const TokenStream& s, const TempDir& dir, const std:
   return dir / (name + "-*.h5");
 }
 
-using MakeLoader = std::function<std::unique_ptr<Loader>(const LoaderOptions&)>;
-
-// As global_batches, for any way of making a rank's loader.
-std::vector<Rows> global_batches_of(const MakeLoader& make, LoaderOptions base, int world, int steps,
-                                    const LoaderState* start = nullptr) {
-  std::vector<std::unique_ptr<Loader>> ranks;
-  for (int r = 0; r < world; ++r) {
-    LoaderOptions o = base;
-    o.rank = r;
-    o.world = world;
-    ranks.push_back(make(o));
-    if (start) ranks.back()->set_state(*start);
-  }
-  std::vector<Rows> out;
-  for (int i = 0; i < steps; ++i) {
-    Rows all;
-    for (auto& l : ranks) {
-      Rows r = flatten(l->next());
-      all.tok.insert(all.tok.end(), r.tok.begin(), r.tok.end());
-      all.mask.insert(all.mask.end(), r.mask.begin(), r.mask.end());
-    }
-    out.push_back(std::move(all));
-  }
-  for (auto& l : ranks) EXPECT_EQ(l->state(), ranks.front()->state());
-  return out;
-}
 }  // namespace
 
 TEST(ShardSource, SameBatchesAsTheInMemoryStream) {
