@@ -46,7 +46,7 @@ template <class T>
 __global__ void attention_cached_kernel(T* out, const T* q, const T* kc, const T* vc, const int32_t* start, int H,
                                         int Tn, int hd, int64_t pos0, int64_t Tmax, float scale) {
   // out [B, T, H * hd]; q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]. One block per (b, h, t).
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   __shared__ float red[kWarp];
   const size_t idx = blockIdx.x;
   const int t = int(idx % Tn);
@@ -157,8 +157,8 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dout, const vo
   float* Dv = static_cast<float*>(scratch.get(rows * sizeof(float), stream));  // [B, H, T]
   constexpr int kWarpsPerBlock = 8;
   BT_DISPATCH_ACT(t, X,
-                  attention_rowdot_kernel<X><<<unsigned(ceil_div(int64_t(rows), kWarpsPerBlock)),
-                                               kWarpsPerBlock * kWarp, 0, stream>>>(
+                  BT_LAUNCH(unsigned(ceil_div(int64_t(rows), kWarpsPerBlock)),
+                                               kWarpsPerBlock * kWarp, 0, stream, attention_rowdot_kernel<X>)(
                       Dv, static_cast<const X*>(dout), static_cast<const X*>(out), B, H, T, hd));
   BT_KERNEL_CHECK("attention_rowdot_kernel");
   a.Dv = Dv;
@@ -176,7 +176,7 @@ void attention_cached(void* out, const void* q, const void* kc, const void* vc, 
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const unsigned grid = unsigned(size_t(B) * H * T);
   BT_DISPATCH_ACT(t, X,
-                  attention_cached_kernel<X><<<grid, 128, smem, stream>>>(
+                  BT_LAUNCH(grid, 128, smem, stream, attention_cached_kernel<X>)(
                       static_cast<X*>(out), static_cast<const X*>(q), static_cast<const X*>(kc),
                       static_cast<const X*>(vc), start, H, T, hd, pos0, Tmax, scale));
   BT_KERNEL_CHECK("attention_cached_kernel");

@@ -40,7 +40,7 @@ struct FlashTraits {
 template <class T, int HD>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   float* Qs = smem;                      // [kRows][HD]
   float* Ks = Qs + Tr::kRows * HD;       // [kTile][kPad]
   float* Vs = Ks + Tr::kTile * Tr::kPad;  // [kTile][HD]
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
 template <class T, int HD>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   float* Ks = smem;                         // [kRows][HD] this block's keys
   float* Vs = Ks + Tr::kRows * HD;          // [kRows][HD]
   float* Qs = Vs + Tr::kRows * HD;          // [kTile][kPad] one query tile
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
 template <class T, int HD>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   float* Qs = smem;                        // [kRows][HD] this block's queries
   float* dOs = Qs + Tr::kRows * HD;        // [kRows][HD]
   float* Ks = dOs + Tr::kRows * HD;        // [kTile][kPad] one key tile
@@ -327,7 +327,7 @@ void flash_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream) {
   using Tr = FlashTraits<HD>;
   BT_CHECK(ceil_div(a.T, Tr::kRows) <= 65535, "attention: T = ", a.T, " is too long for one launch");
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
-  BT_DISPATCH_ACT(t, X, flash_forward_kernel<X, HD><<<grid, Tr::kThreads, Tr::kFwdSmem, stream>>>(a));
+  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, Tr::kThreads, Tr::kFwdSmem, stream, flash_forward_kernel<X, HD>)(a));
   BT_KERNEL_CHECK("flash_forward_kernel");
 }
 
@@ -338,11 +338,11 @@ void flash_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
   BT_DISPATCH_ACT(t, X, {
     if (a.dk || a.dv) {
-      flash_backward_dkdv_kernel<X, HD><<<grid, Tr::kThreads, Tr::kBwdSmem, stream>>>(a);
+      BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dkdv_kernel<X, HD>)(a);
       BT_KERNEL_CHECK("flash_backward_dkdv_kernel");
     }
     if (a.dq) {
-      flash_backward_dq_kernel<X, HD><<<grid, Tr::kThreads, Tr::kBwdSmem, stream>>>(a);
+      BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dq_kernel<X, HD>)(a);
       BT_KERNEL_CHECK("flash_backward_dq_kernel");
     }
   });

@@ -47,7 +47,7 @@ __device__ __forceinline__ float dot_rows(const float* a, const float* b, int hd
 
 template <class T>
 __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const size_t bh = size_t(blockIdx.x) * warps + warp;
   if (bh >= size_t(a.B) * a.H) return;  // no block-level sync below: a warp may leave
@@ -83,7 +83,7 @@ __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
 
 template <class T>
 __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
-  extern __shared__ float smem[];
+  BT_EXTERN_SHARED(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const size_t bh = size_t(blockIdx.x) * warps + warp;
   if (bh >= size_t(a.B) * a.H) return;
@@ -166,7 +166,7 @@ void small_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const int warps = warps_for(per_warp, a);
   const unsigned grid = unsigned(ceil_div(int64_t(a.B) * a.H, warps));
   const size_t smem = per_warp * warps * sizeof(float);
-  BT_DISPATCH_ACT(t, X, small_attention_forward_kernel<X><<<grid, warps * kWarp, smem, stream>>>(a, warps));
+  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, warps * kWarp, smem, stream, small_attention_forward_kernel<X>)(a, warps));
   BT_KERNEL_CHECK("small_attention_forward_kernel");
 }
 
@@ -175,7 +175,7 @@ void small_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const int warps = warps_for(per_warp, a);
   const unsigned grid = unsigned(ceil_div(int64_t(a.B) * a.H, warps));
   const size_t smem = per_warp * warps * sizeof(float);
-  BT_DISPATCH_ACT(t, X, small_attention_backward_kernel<X><<<grid, warps * kWarp, smem, stream>>>(a, warps));
+  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, warps * kWarp, smem, stream, small_attention_backward_kernel<X>)(a, warps));
   BT_KERNEL_CHECK("small_attention_backward_kernel");
 }
 

@@ -86,7 +86,7 @@ void cross_entropy(float* losses, void* dlogits, const void* logits, const int32
   if (n == 0) return;
   BT_CHECK(n <= 0x7fffffffu, "cross_entropy: ", n, " rows exceed one launch");
   BT_DISPATCH_ACT(t, T,
-                  cross_entropy_kernel<T><<<unsigned(n), kThreads, 0, stream>>>(
+                  BT_LAUNCH(unsigned(n), kThreads, 0, stream, cross_entropy_kernel<T>)(
                       losses, static_cast<T*>(dlogits), static_cast<const T*>(logits), targets, V, dscale));
   BT_KERNEL_CHECK("cross_entropy_kernel");
 }

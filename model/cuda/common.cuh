@@ -12,6 +12,17 @@
 #include "core/error.h"
 #include "model/cuda/check.h"
 
+// BT_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<grid, block, smem, stream>>>(args...);
+// in the SIMT emulator build (model/cuda/simt) it runs the kernel on the CPU.
+// BT_EXTERN_SHARED(float, smem) declares the dynamic shared memory of a kernel.
+#ifdef BT_SIMT
+#define BT_LAUNCH(grid, block, smem, stream, ...) ::bt::simt::make_launch(grid, block, smem, __VA_ARGS__)
+#define BT_EXTERN_SHARED(T, name) T* name = static_cast<T*>(::bt::simt::dynamic_shared())
+#else
+#define BT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define BT_EXTERN_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace bt::cuda {
 
 using bf16 = __nv_bfloat16;

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "model/cuda/check.h"
+#include "model/cuda/common.cuh"
 #include "model/cuda/cuda_backend.h"
 #include "model/cuda/kernels.h"
 
@@ -23,7 +24,7 @@ bool probe_kernel(int device) {
   int h = 0;
   bool ok = cudaMalloc(&d, sizeof(int)) == cudaSuccess;
   if (ok) {
-    probe<<<1, 1>>>(d);
+    BT_LAUNCH(1, 1, 0, 0, probe)(d);
     ok = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess &&
          h == 42;
     cudaFree(d);

@@ -44,7 +44,7 @@ void embedding_forward(void* out, const int32_t* tokens, const void* table, size
                        cudaStream_t stream) {
   if (n == 0 || C == 0) return;
   BT_DISPATCH_ACT(t, T,
-                  embedding_forward_kernel<T><<<elementwise_grid(n * C), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(n * C), 256, 0, stream, embedding_forward_kernel<T>)(
                       static_cast<T*>(out), tokens, static_cast<const T*>(table), n, C));
   BT_KERNEL_CHECK("embedding_forward_kernel");
 }
@@ -55,7 +55,7 @@ void embedding_backward(float* dtable, const void* dout, const int32_t* order, c
   BT_CHECK(ceil_div(C, kThreads) <= 65535, "embedding_backward: width ", C, " too large");
   const dim3 grid(unsigned(groups), unsigned(ceil_div(C, kThreads)));
   BT_DISPATCH_ACT(t, T,
-                  embedding_backward_kernel<T><<<grid, kThreads, 0, stream>>>(
+                  BT_LAUNCH(grid, kThreads, 0, stream, embedding_backward_kernel<T>)(
                       dtable, static_cast<const T*>(dout), order, group_tok, group_start, C));
   BT_KERNEL_CHECK("embedding_backward_kernel");
 }

@@ -83,16 +83,16 @@ void gemm_simple(const GemmDesc& g, cudaStream_t stream) {
   BT_CHECK(ceil_div(g.m, kTile) <= 65535, "gemm_simple: m = ", g.m, " is too large for the fallback kernel");
   const dim3 block(kTile, kTile), grid(unsigned(ceil_div(g.n, kTile)), unsigned(ceil_div(g.m, kTile)));
   const GemmParams p = params(g);
-  if (g.ab == DType::bf16 && g.d == DType::bf16) gemm_simple_kernel<bf16, bf16><<<grid, block, 0, stream>>>(p);
-  else if (g.ab == DType::bf16 && g.d == DType::f32) gemm_simple_kernel<bf16, float><<<grid, block, 0, stream>>>(p);
-  else if (g.ab == DType::f32 && g.d == DType::f32) gemm_simple_kernel<float, float><<<grid, block, 0, stream>>>(p);
+  if (g.ab == DType::bf16 && g.d == DType::bf16) BT_LAUNCH(grid, block, 0, stream, gemm_simple_kernel<bf16, bf16>)(p);
+  else if (g.ab == DType::bf16 && g.d == DType::f32) BT_LAUNCH(grid, block, 0, stream, gemm_simple_kernel<bf16, float>)(p);
+  else if (g.ab == DType::f32 && g.d == DType::f32) BT_LAUNCH(grid, block, 0, stream, gemm_simple_kernel<float, float>)(p);
   else BT_FAIL("gemm_simple: operands ", dtype_name(g.ab), " with output ", dtype_name(g.d), " are not supported");
   BT_KERNEL_CHECK("gemm_simple_kernel");
 }
 
 void broadcast_bias(const GemmDesc& g, cudaStream_t stream) {
   const size_t total = size_t(g.m) * g.n;
-  BT_DISPATCH_ACT(g.d, T, broadcast_bias_kernel<T><<<elementwise_grid(total), 256, 0, stream>>>(
+  BT_DISPATCH_ACT(g.d, T, BT_LAUNCH(elementwise_grid(total), 256, 0, stream, broadcast_bias_kernel<T>)(
                               static_cast<T*>(g.D), g.ldd, g.m, g.n, static_cast<const T*>(g.bias)));
   BT_KERNEL_CHECK("broadcast_bias_kernel");
 }

@@ -81,7 +81,7 @@ void td_assemble_forward(void* out, const void* prefix, const void* tok, int B, 
   if (N < 2 || total == 0) return;
   const GlueDims g{B, N, R, LB, D};
   BT_DISPATCH_ACT(t, T,
-                  td_assemble_forward_kernel<T><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, td_assemble_forward_kernel<T>)(
                       static_cast<T*>(out), static_cast<const T*>(prefix), static_cast<const T*>(tok), g));
   BT_KERNEL_CHECK("td_assemble_forward_kernel");
 }
@@ -92,7 +92,7 @@ void td_assemble_backward(void* dprefix, void* dtok, const void* dout, int B, in
   if (N < 2 || total == 0 || (!dprefix && !dtok)) return;
   const GlueDims g{B, N, R, LB, D};
   BT_DISPATCH_ACT(t, T,
-                  td_assemble_backward_kernel<T><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, td_assemble_backward_kernel<T>)(
                       static_cast<T*>(dprefix), static_cast<T*>(dtok), static_cast<const T*>(dout), g));
   BT_KERNEL_CHECK("td_assemble_backward_kernel");
 }
@@ -101,7 +101,7 @@ void td_select_forward(void* out, const void* h, size_t rows, int R, int LB, int
   const size_t total = rows * LB * D;
   if (total == 0) return;
   BT_DISPATCH_ACT(t, T,
-                  td_select_forward_kernel<T><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, td_select_forward_kernel<T>)(
                       static_cast<T*>(out), static_cast<const T*>(h), rows, R, LB, D));
   BT_KERNEL_CHECK("td_select_forward_kernel");
 }
@@ -110,7 +110,7 @@ void td_select_backward(void* dh, const void* dout, size_t rows, int R, int LB, 
   const size_t total = rows * LB * D;
   if (total == 0 || !dh) return;
   BT_DISPATCH_ACT(t, T,
-                  td_select_backward_kernel<T><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, td_select_backward_kernel<T>)(
                       static_cast<T*>(dh), static_cast<const T*>(dout), rows, R, LB, D));
   BT_KERNEL_CHECK("td_select_backward_kernel");
 }

@@ -143,7 +143,7 @@ void layernorm_forward(void* out, void* mean, void* rstd, const void* x, const v
   const bool sbf = stats_is_bf16(stats_t);
   const unsigned grid = unsigned(ceil_div(int64_t(n), LnTraits::kRowsPerBlock));
   BT_DISPATCH_ACT(t, T,
-                  layernorm_forward_kernel<T><<<grid, LnTraits::kRowsPerBlock * kWarp, 0, stream>>>(
+                  BT_LAUNCH(grid, LnTraits::kRowsPerBlock * kWarp, 0, stream, layernorm_forward_kernel<T>)(
                       static_cast<T*>(out), mean, rstd, static_cast<const T*>(x), static_cast<const T*>(w),
                       static_cast<const T*>(b), n, C, eps, sbf));
   BT_KERNEL_CHECK("layernorm_forward_kernel");
@@ -164,7 +164,7 @@ void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const 
   float* row_rstd = cv.take<float>(n);  // [n]
   const unsigned grid = unsigned(ceil_div(int64_t(n), LnTraits::kRowsPerBlock));
   BT_DISPATCH_ACT(t, T, {
-    layernorm_backward_dx_kernel<T><<<grid, LnTraits::kRowsPerBlock * kWarp, 0, stream>>>(
+    BT_LAUNCH(grid, LnTraits::kRowsPerBlock * kWarp, 0, stream, layernorm_backward_dx_kernel<T>)(
         static_cast<T*>(dx), row_mean, row_rstd, static_cast<const T*>(dout), static_cast<const T*>(x),
         static_cast<const T*>(w), mean, rstd, n, C, sbf);
     BT_KERNEL_CHECK("layernorm_backward_dx_kernel");
@@ -172,10 +172,10 @@ void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const 
       float* pw = cv.take<float>(size_t(P) * C);  // [P, C]
       float* pb = cv.take<float>(size_t(P) * C);  // [P, C]
       const dim3 pgrid(unsigned(ceil_div(C, LnTraits::kColThreads)), unsigned(P));
-      layernorm_params_partial_kernel<T><<<pgrid, LnTraits::kColThreads, 0, stream>>>(
+      BT_LAUNCH(pgrid, LnTraits::kColThreads, 0, stream, layernorm_params_partial_kernel<T>)(
           pw, pb, static_cast<const T*>(dout), static_cast<const T*>(x), row_mean, row_rstd, n, C, rows_per_chunk);
       BT_KERNEL_CHECK("layernorm_params_partial_kernel");
-      layernorm_params_reduce_kernel<<<unsigned(ceil_div(C, 256)), 256, 0, stream>>>(dw, db, pw, pb, P, C);
+      BT_LAUNCH(unsigned(ceil_div(C, 256)), 256, 0, stream, layernorm_params_reduce_kernel)(dw, db, pw, pb, P, C);
       BT_KERNEL_CHECK("layernorm_params_reduce_kernel");
     }
   });

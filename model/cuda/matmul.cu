@@ -121,10 +121,10 @@ void matmul_backward(Gemm& gemm, void* dinp, float* dW, float* dbias, const void
     float* part = static_cast<float*>(scratch.get(size_t(P) * OC * sizeof(float), stream));  // [P, OC]
     const dim3 grid(unsigned(ceil_div(OC, BiasGradTraits::kColThreads)), unsigned(P));
     BT_DISPATCH_ACT(t, T,
-                    bias_grad_partial_kernel<T><<<grid, BiasGradTraits::kColThreads, 0, stream>>>(
+                    BT_LAUNCH(grid, BiasGradTraits::kColThreads, 0, stream, bias_grad_partial_kernel<T>)(
                         part, static_cast<const T*>(dout), n, OC, rows_per_chunk));
     BT_KERNEL_CHECK("bias_grad_partial_kernel");
-    bias_grad_reduce_kernel<<<unsigned(ceil_div(OC, 256)), 256, 0, stream>>>(dbias, part, P, OC);
+    BT_LAUNCH(unsigned(ceil_div(OC, 256)), 256, 0, stream, bias_grad_reduce_kernel)(dbias, part, P, OC);
     BT_KERNEL_CHECK("bias_grad_reduce_kernel");
   }
 }

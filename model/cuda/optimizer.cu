@@ -71,9 +71,9 @@ double sum_squares(const void* g, size_t n, DType t, Scratch& scratch, cudaStrea
   double* part = cv.take<double>(blocks);  // [blocks]
   double* out = cv.take<double>(1);
   BT_DISPATCH_ACT(t, T,
-                  sum_squares_partial_kernel<T><<<blocks, kThreads, 0, stream>>>(part, static_cast<const T*>(g), n));
+                  BT_LAUNCH(blocks, kThreads, 0, stream, sum_squares_partial_kernel<T>)(part, static_cast<const T*>(g), n));
   BT_KERNEL_CHECK("sum_squares_partial_kernel");
-  sum_squares_final_kernel<<<1, kThreads, 0, stream>>>(out, part, blocks);
+  BT_LAUNCH(1, kThreads, 0, stream, sum_squares_final_kernel)(out, part, blocks);
   BT_KERNEL_CHECK("sum_squares_final_kernel");
   double host = 0;
   BT_CUDA_CHECK(cudaMemcpyAsync(&host, out, sizeof(double), cudaMemcpyDeviceToHost, stream));
@@ -83,7 +83,7 @@ double sum_squares(const void* g, size_t n, DType t, Scratch& scratch, cudaStrea
 
 void scale(void* x, size_t n, float s, DType t, cudaStream_t stream) {
   if (n == 0) return;
-  BT_DISPATCH_ACT(t, T, scale_kernel<T><<<elementwise_grid(n), 256, 0, stream>>>(static_cast<T*>(x), n, s));
+  BT_DISPATCH_ACT(t, T, BT_LAUNCH(elementwise_grid(n), 256, 0, stream, scale_kernel<T>)(static_cast<T*>(x), n, s));
   BT_KERNEL_CHECK("scale_kernel");
 }
 
@@ -93,7 +93,7 @@ void adamw_update(void* param, DType param_t, float* master, const float* grad, 
   BT_CHECK(master || param_t == DType::f32, "adamw_update: a ", dtype_name(param_t),
            " parameter needs an f32 master copy");
   BT_DISPATCH_ACT(param_t, T,
-                  adamw_kernel<T><<<elementwise_grid(n), 256, 0, stream>>>(static_cast<T*>(param), master, grad, m,
+                  BT_LAUNCH(elementwise_grid(n), 256, 0, stream, adamw_kernel<T>)(static_cast<T*>(param), master, grad, m,
                                                                           v, n, a));
   BT_KERNEL_CHECK("adamw_kernel");
 }

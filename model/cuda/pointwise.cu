@@ -49,7 +49,7 @@ __global__ void accumulate_kernel(D* dst, const S* src, size_t n) {
 void gelu_forward(void* out, const void* x, size_t n, DType t, cudaStream_t stream) {
   if (n == 0) return;
   BT_DISPATCH_ACT(t, T,
-                  gelu_forward_kernel<T><<<elementwise_grid(n), 256, 0, stream>>>(static_cast<T*>(out),
+                  BT_LAUNCH(elementwise_grid(n), 256, 0, stream, gelu_forward_kernel<T>)(static_cast<T*>(out),
                                                                                  static_cast<const T*>(x), n));
   BT_KERNEL_CHECK("gelu_forward_kernel");
 }
@@ -57,7 +57,7 @@ void gelu_forward(void* out, const void* x, size_t n, DType t, cudaStream_t stre
 void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t, cudaStream_t stream) {
   if (n == 0 || !dx) return;
   BT_DISPATCH_ACT(t, T,
-                  gelu_backward_kernel<T><<<elementwise_grid(n), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(n), 256, 0, stream, gelu_backward_kernel<T>)(
                       static_cast<T*>(dx), static_cast<const T*>(dout), static_cast<const T*>(x), n));
   BT_KERNEL_CHECK("gelu_backward_kernel");
 }
@@ -65,7 +65,7 @@ void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t,
 void add_forward(void* out, const void* a, const void* b, const void* c, size_t n, DType t, cudaStream_t stream) {
   if (n == 0) return;
   BT_DISPATCH_ACT(t, T,
-                  add_kernel<T><<<elementwise_grid(n), 256, 0, stream>>>(static_cast<T*>(out),
+                  BT_LAUNCH(elementwise_grid(n), 256, 0, stream, add_kernel<T>)(static_cast<T*>(out),
                                                                         static_cast<const T*>(a),
                                                                         static_cast<const T*>(b),
                                                                         static_cast<const T*>(c), n));
@@ -75,7 +75,7 @@ void add_forward(void* out, const void* a, const void* b, const void* c, size_t 
 void accumulate(void* dst, DType dst_t, const void* src, DType src_t, size_t n, cudaStream_t stream) {
   if (n == 0) return;
   BT_DISPATCH_ACT(dst_t, D, BT_DISPATCH_ACT(src_t, S,
-                                            accumulate_kernel<D, S><<<elementwise_grid(n), 256, 0, stream>>>(
+                                            BT_LAUNCH(elementwise_grid(n), 256, 0, stream, accumulate_kernel<D, S>)(
                                                 static_cast<D*>(dst), static_cast<const S*>(src), n)));
   BT_KERNEL_CHECK("accumulate_kernel");
 }

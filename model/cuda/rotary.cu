@@ -120,7 +120,7 @@ void qkv_rotary_forward(void* q, void* k, void* v, const void* qkv, int B, int T
   if (total == 0) return;
   const RopeDims p{B, T, H, hd, rd};
   BT_DISPATCH_ACT(t, X,
-                  qkv_rotary_forward_kernel<X><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, qkv_rotary_forward_kernel<X>)(
                       static_cast<X*>(q), static_cast<X*>(k), static_cast<X*>(v), static_cast<const X*>(qkv), p,
                       cos_t, sin_t));
   BT_KERNEL_CHECK("qkv_rotary_forward_kernel");
@@ -132,7 +132,7 @@ void qkv_rotary_backward(void* dqkv, const void* dq, const void* dk, const void*
   if (total == 0 || !dqkv) return;
   const RopeDims p{B, T, H, hd, rd};
   BT_DISPATCH_ACT(t, X,
-                  qkv_rotary_backward_kernel<X><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, qkv_rotary_backward_kernel<X>)(
                       static_cast<X*>(dqkv), static_cast<const X*>(dq), static_cast<const X*>(dk),
                       static_cast<const X*>(dv), p, cos_t, sin_t));
   BT_KERNEL_CHECK("qkv_rotary_backward_kernel");
@@ -145,7 +145,7 @@ void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T
   if (total == 0) return;
   const RopeDims p{B, T, H, hd, rd};
   BT_DISPATCH_ACT(t, X,
-                  qkv_rotary_cache_kernel<X><<<elementwise_grid(total), 256, 0, stream>>>(
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, qkv_rotary_cache_kernel<X>)(
                       static_cast<X*>(q), static_cast<X*>(kc), static_cast<X*>(vc), static_cast<const X*>(qkv), p,
                       pos0, Tmax, cos_t, sin_t));
   BT_KERNEL_CHECK("qkv_rotary_cache_kernel");

@@ -1,0 +1,78 @@
+// SIMT emulator (model/cuda/simt): runs CUDA kernels, compiled as C++, on the CPU with the
+// execution model they are written for. Each thread block runs as one fiber per CUDA thread on
+// the calling host thread; blocks run one after another. __syncthreads is a real barrier over
+// the block's live threads (exited threads count as arrived, as on the GPU), warp shuffles and
+// __syncwarp are real exchanges among the 32 lanes of a warp. Scheduling is warp-major: a warp
+// runs until all its lanes wait at __syncthreads before the next warp starts (warps in order,
+// or reversed: set_reverse_order / BT_SIMT_ORDER=reverse), and the lanes of a warp run one
+// after another between collectives. So warps drift as far apart as the barriers allow, and a
+// missing barrier lets a read of shared memory overtake its write, which gives wrong
+// results. What the GPU leaves undefined is an error here, raised by the launch that did it:
+// a barrier that not every thread reaches (deadlock), a full-mask shuffle with a lane missing
+// or lanes at different collectives, a block of more than 1024 threads, a grid past its limits
+// and dynamic shared memory over the function's limit (48 KiB unless cudaFuncSetAttribute
+// raised it, 227 KiB at most). Not emulated: concurrency between blocks, the memory model,
+// timing, and everything the device does not guarantee about ordering.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <utility>
+
+struct uint3;
+struct dim3;
+
+namespace bt::simt {
+
+extern uint3 g_threadIdx, g_blockIdx;
+extern dim3 g_blockDim, g_gridDim;
+
+void syncthreads();
+void syncwarp(unsigned mask);
+enum class ShuffleKind { index, bfly, down, up };
+// The 8 bytes `bits` of the calling lane go to the warp; returns those of the source lane.
+uint64_t exchange(unsigned mask, uint64_t bits, ShuffleKind kind, int arg, int width);
+
+template <class T>
+T shuffle(unsigned mask, T v, ShuffleKind kind, int arg, int width) {
+  static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = exchange(mask, bits, kind, arg, width);
+  T r;
+  std::memcpy(&r, &bits, sizeof(T));
+  return r;
+}
+
+// The dynamic shared memory of the running block (the launch's byte count, 16-aligned).
+void* dynamic_shared();
+
+// Runs `thread` for every thread of every block of the grid; returns cudaSuccess or the error
+// the GPU would report at launch (bad configuration) or at the next synchronization (a fault:
+// here, the undefined behaviour listed above), which is also kept for cudaGetLastError.
+int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::function<void()>& thread);
+
+// Thread order between barriers: false = 0, 1, 2, ... (default), true = reversed.
+void set_reverse_order(bool reverse);
+
+// kernel<<<grid, block, smem, stream>>>(args...) on the emulator: make_launch(...)(args...).
+template <class... P>
+struct Launch {
+  dim3 grid, block;
+  size_t smem;
+  void (*kernel)(P...);
+  template <class... A>
+  void operator()(A&&... args) const {
+    std::tuple<P...> params(std::forward<A>(args)...);
+    auto k = kernel;
+    run_grid(reinterpret_cast<const void*>(k), grid, block, smem, [&params, k] { std::apply(k, params); });
+  }
+};
+template <class... P>
+Launch<P...> make_launch(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...)) {
+  return Launch<P...>{grid, block, smem, kernel};
+}
+
+}  // namespace bt::simt
