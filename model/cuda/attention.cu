@@ -2,6 +2,8 @@
 // kernels (by head-dim bound 32 / 64 / 128), the D = rowsum(dout * out) pre-pass of the flash
 // backward, and the simple KV-cache attention used for decoding.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "model/cuda/arena.h"
 #include "model/cuda/attention.cuh"
@@ -90,6 +92,13 @@ __global__ void attention_cached_kernel(T* out, const T* q, const T* kc, const T
 
 int g_max_smem_optin = 48 * 1024;
 
+// bf16 rows longer than kSmallMaxT go to the tensor cores unless BT_CUDA_ATTENTION=cuda-cores.
+bool use_tensor_cores(DType t) {
+  if (t != DType::bf16) return false;
+  const char* e = std::getenv("BT_CUDA_ATTENTION");
+  return !(e && std::strcmp(e, "cuda-cores") == 0);
+}
+
 }  // namespace
 
 void attention_setup(int device) {
@@ -99,6 +108,9 @@ void attention_setup(int device) {
   flash_attention_setup<32>();
   flash_attention_setup<64>();
   flash_attention_setup<128>();
+  flash_tc_setup<32>();
+  flash_tc_setup<64>();
+  flash_tc_setup<128>();
   // Dynamic + static shared memory must stay within the opt-in limit.
   cudaFuncAttributes attr{};
   BT_CUDA_CHECK(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(&attention_cached_kernel<float>)));
@@ -122,7 +134,11 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
   a.T = T;
   a.hd = hd;
   a.scale = float(1.0 / std::sqrt(double(hd)));
+  const bool tc = use_tensor_cores(t);
   if (T <= kSmallMaxT) small_attention_forward(a, t, stream);
+  else if (tc && hd <= 32) flash_tc_forward<32>(a, stream);
+  else if (tc && hd <= 64) flash_tc_forward<64>(a, stream);
+  else if (tc && hd <= 128) flash_tc_forward<128>(a, stream);
   else if (hd <= 32) flash_attention_forward<32>(a, t, stream);
   else if (hd <= 64) flash_attention_forward<64>(a, t, stream);
   else if (hd <= 128) flash_attention_forward<128>(a, t, stream);
@@ -162,7 +178,11 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dout, const vo
                       Dv, static_cast<const X*>(dout), static_cast<const X*>(out), B, H, T, hd));
   BT_KERNEL_CHECK("attention_rowdot_kernel");
   a.Dv = Dv;
-  if (hd <= 32) flash_attention_backward<32>(a, t, stream);
+  const bool tc = use_tensor_cores(t);
+  if (tc && hd <= 32) flash_tc_backward<32>(a, stream);
+  else if (tc && hd <= 64) flash_tc_backward<64>(a, stream);
+  else if (tc) flash_tc_backward<128>(a, stream);
+  else if (hd <= 32) flash_attention_backward<32>(a, t, stream);
   else if (hd <= 64) flash_attention_backward<64>(a, t, stream);
   else flash_attention_backward<128>(a, t, stream);
 }

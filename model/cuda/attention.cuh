@@ -33,9 +33,14 @@ void small_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream);
 void small_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream);
 void small_attention_setup(int max_smem_optin);
 
-// Longer rows: flash kernels for head dims up to HD (attention_flash_hd{32,64,128}.cu).
+// Longer rows: flash kernels for head dims up to HD (attention_flash_hd{32,64,128}.cu), in
+// fp32 arithmetic on the CUDA cores (f32 or bf16 storage).
 template <int HD> void flash_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream);
 template <int HD> void flash_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream);
 template <int HD> void flash_attention_setup();
+// The same on the tensor cores, bf16 only (attention_flash_tc.cuh).
+template <int HD> void flash_tc_forward(const AttnArgs& a, cudaStream_t stream);
+template <int HD> void flash_tc_backward(const AttnArgs& a, cudaStream_t stream);
+template <int HD> void flash_tc_setup();
 
 }  // namespace bt::cuda

@@ -14,13 +14,14 @@
 
 // BT_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<grid, block, smem, stream>>>(args...);
 // in the SIMT emulator build (model/cuda/simt) it runs the kernel on the CPU.
-// BT_EXTERN_SHARED(float, smem) declares the dynamic shared memory of a kernel.
+// BT_EXTERN_SHARED(float, smem) declares the dynamic shared memory of a kernel, 128-byte aligned
+// (WMMA pointers must be 32-byte aligned).
 #ifdef BT_SIMT
 #define BT_LAUNCH(grid, block, smem, stream, ...) ::bt::simt::make_launch(grid, block, smem, __VA_ARGS__)
 #define BT_EXTERN_SHARED(T, name) T* name = static_cast<T*>(::bt::simt::dynamic_shared())
 #else
 #define BT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
-#define BT_EXTERN_SHARED(T, name) extern __shared__ T name[]
+#define BT_EXTERN_SHARED(T, name) extern __shared__ __align__(128) T name[]
 #endif
 
 namespace bt::cuda {

@@ -16,6 +16,7 @@
 // += convention.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 
@@ -52,6 +53,8 @@ class CudaOps : public testing::TestWithParam<Mode> {
   void compare(Tensor g, Tensor c, Tol t, const std::string& what) {
     expect_close(get(*gpu_, g), get(*cpu_, c), t, what + " [" + m_.precision + "]");
   }
+
+  void attention_cases(const char* cores);
 
   Mode m_;
   std::unique_ptr<Backend> gpu_, cpu_;
@@ -258,14 +261,17 @@ std::vector<double> host_lse(const std::vector<float>& q, const std::vector<floa
   return out;
 }
 
-TEST_P(CudaOps, Attention) {
-  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+// bf16 rows longer than 32 run on the tensor cores (attention_flash_tc.cuh); `cores` =
+// "cuda-cores" runs the fp32-arithmetic kernels instead (BT_CUDA_ATTENTION).
+void CudaOps::attention_cases(const char* cores) {
+  if (cores) setenv("BT_CUDA_ATTENTION", cores, 1);
+  else unsetenv("BT_CUDA_ATTENTION");
   for (auto [B, H, T, hd] : {std::tuple{2, 3, 5, 8}, std::tuple{1, 2, 32, 64}, std::tuple{2, 2, 33, 32},
                              std::tuple{1, 3, 64, 8}, std::tuple{2, 2, 64, 64}, std::tuple{1, 2, 257, 32},
                              std::tuple{1, 1, 100, 128}, std::tuple{1, 2, 7, 100}, std::tuple{1, 1, 130, 96},
-                             std::tuple{3, 1, 1, 16}}) {
+                             std::tuple{1, 2, 200, 64}, std::tuple{3, 1, 1, 16}}) {
     const std::string tag = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " T=" + std::to_string(T) +
-                            " hd=" + std::to_string(hd);
+                            " hd=" + std::to_string(hd) + (cores ? " cuda-cores" : "");
     const size_t N = size_t(B) * H * T * hd;
     const auto hq = random_vec(N, 50, 1.0, bf()), hk = random_vec(N, 51, 1.0, bf());
     auto [qg, qc] = both({B, H, T, hd}, hq);
@@ -291,6 +297,18 @@ TEST_P(CudaOps, Attention) {
     for (int i = 0; i < 3; ++i)
       compare(dg[i], dc[i], tol({1e-4, 2e-5}, {k2m6, k2m7}), std::string("attention_backward ") + names[i] + " " + tag);
   }
+  unsetenv("BT_CUDA_ATTENTION");
+}
+
+TEST_P(CudaOps, Attention) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  attention_cases(nullptr);
+}
+
+TEST_P(CudaOps, AttentionOnCudaCores) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  if (!bf()) GTEST_SKIP() << "fp32 always runs on the CUDA cores";
+  attention_cases("cuda-cores");
 }
 
 // The KV-cache path (inference): a prefill and single-token steps must give the rows of the

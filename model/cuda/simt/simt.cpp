@@ -340,7 +340,18 @@ uint64_t exchange(unsigned mask, uint64_t bits, ShuffleKind kind, int arg, int w
   return w.slots[parity][src];
 }
 
-void* dynamic_shared() { return g.smem.data(); }
+void fail(const std::string& what) {
+  if (g.current < 0) {
+    std::fprintf(stderr, "simt: %s (outside a kernel)\n", what.c_str());
+    std::abort();
+  }
+  undefined(what);
+}
+
+void* dynamic_shared() {  // 128-byte aligned, as the kernels declare it
+  auto p = reinterpret_cast<uintptr_t>(g.smem.data());
+  return reinterpret_cast<void*>((p + 127) & ~uintptr_t(127));
+}
 
 void set_reverse_order(bool reverse) { g_reverse = reverse; }
 
@@ -366,7 +377,7 @@ int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::func
   g.nthreads = int(threads);
   ensure_fibers(g.nthreads);
   g.warps.resize(size_t((g.nthreads + kWarpSize - 1) / kWarpSize));
-  g.smem.assign((smem + 15) / 16 * 16, 0xFF);  // garbage, like real shared memory
+  g.smem.assign((smem + 15) / 16 * 16 + 128, 0xFF);  // garbage, like real shared memory
   g.thread = &thread;
   g.error.clear();
   g_blockDim = block;

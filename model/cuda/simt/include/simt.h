@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -46,7 +47,10 @@ T shuffle(unsigned mask, T v, ShuffleKind kind, int arg, int width) {
   return r;
 }
 
-// The dynamic shared memory of the running block (the launch's byte count, 16-aligned).
+// Undefined behaviour seen by device code: the launch fails with this message.
+[[noreturn]] void fail(const std::string& what);
+
+// The dynamic shared memory of the running block (the launch's byte count, 128-byte aligned).
 void* dynamic_shared();
 
 // Runs `thread` for every thread of every block of the grid; returns cudaSuccess or the error
