@@ -5,9 +5,7 @@
 
 #include <cstdio>
 
-#ifdef BT_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
-#endif
 
 namespace bt {
 
@@ -25,16 +23,12 @@ double peak_flops_for_name(const std::string& name) {
 }
 
 double device_peak_flops(Backend& be, int device) {
-#ifdef BT_HAVE_CUDA
   if (be.device() == Device::cuda) return peak_flops_for_name(cuda_device_name(device));
-#endif
   return 0;
 }
 
 size_t memory_in_use(Backend& be) {
-#ifdef BT_HAVE_CUDA
   if (be.device() == Device::cuda) return cuda_memory_stats(be).device_used;
-#endif
   long pages = 0, resident = 0;
   if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
     if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;

@@ -16,9 +16,7 @@
 #include "model/checkpoint.h"
 #include "optim/lr_schedule.h"
 #include "train/device_info.h"
-#ifdef BT_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
-#endif
 
 namespace bt {
 
@@ -74,9 +72,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch);
   const size_t model_bytes = allocated_bytes() - before_model;
   model_->init(t.seed);
-#ifdef BT_HAVE_CUDA
   comm_.set_compute_stream(cuda_stream(*backend_));
-#endif
   // Data parallelism: ZeRO-1 shards the optimizer over ranks; otherwise gradients are summed in
   // buckets that start during the backward pass.
   if (world > 1 && t.zero == 1) {
@@ -292,9 +288,7 @@ void Trainer::init_from(const std::string& file) {
 Trainer::~Trainer() = default;
 
 size_t Trainer::allocated_bytes() const {
-#ifdef BT_HAVE_CUDA
   if (backend_ && backend_->device() == Device::cuda) return cuda_memory_stats(*backend_).arena_used;
-#endif
   return backend_ ? backend_->bytes_allocated() : 0;
 }
 
@@ -307,9 +301,7 @@ void Trainer::plan_memory(size_t model_bytes) {
   mem_.per_sequence = acts / size_t(cfg_.train.micro_batch);
   mem_.fixed = allocated_bytes() - acts;  // params, grads, optimizer state, communication buffers
   mem_.capacity = 0;
-#ifdef BT_HAVE_CUDA
   if (backend_->device() == Device::cuda) mem_.capacity = cuda_memory_stats(*backend_).device_total;
-#endif
   if (topt_.quiet || comm_.rank() != 0) return;
   const double gib = double(1ull << 30);
   if (mem_.capacity > 0 && mem_.per_sequence > 0) {

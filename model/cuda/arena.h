@@ -27,7 +27,11 @@ class Arena {
     size_t size, top;
   };
   std::vector<Block> blocks_;
+#ifdef BT_SIMT
+  size_t next_block_ = size_t(4) << 20;  // the emulator protects device memory per launch: keep it small
+#else
   size_t next_block_ = size_t(256) << 20;  // the first block; later blocks double, up to kMaxBlock
+#endif
   size_t used_ = 0, reserved_ = 0;
 };
 

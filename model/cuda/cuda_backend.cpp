@@ -23,7 +23,11 @@
 namespace bt {
 namespace {
 
+#ifdef BT_SIMT
+constexpr size_t kGemmWorkspace = 256;  // the emulator's GEMMs need none
+#else
 constexpr size_t kGemmWorkspace = size_t(32) << 20;
+#endif
 constexpr size_t MiB = size_t(1) << 20;
 
 class CudaBackend final : public Backend {

@@ -1,7 +1,8 @@
 // The CUDA backend (DESIGN 3): bf16 (or fp32) parameters and activations, fp32 master weights,
 // gradients and moments; cuBLASLt GEMMs and hand-written kernels for every other op
 // (docs/cuda.md). This header has no CUDA types, so g++-compiled code (tests, trainer, NCCL
-// communicator) can use it; it exists only in builds with BT_HAVE_CUDA.
+// communicator) can use it. Builds without CUDA link model/cuda_none.cpp instead: no devices,
+// and make_cuda_backend fails.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -11,6 +12,8 @@
 
 namespace bt {
 
+// False only in builds without CUDA (model/cuda_none.cpp).
+bool cuda_built();
 // Number of usable GPUs; 0 when the runtime reports any error (no driver, no device).
 int cuda_device_count();
 // cuda_device_count() > 0 and a kernel of this build ran on device 0 (right driver, right sm).

@@ -34,6 +34,8 @@ bool probe_kernel(int device) {
 }
 }  // namespace cuda
 
+bool cuda_built() { return true; }
+
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

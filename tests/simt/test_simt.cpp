@@ -189,6 +189,24 @@ TEST(Simt, LaunchLimitsAreTheDevicesLimits) {
   (void)cudaGetLastError();
 }
 
+__global__ void add_one_kernel(float* x, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] += 1.f;
+}
+
+TEST(Simt, DeviceMemoryIsOnlyReachableThroughTheRuntime) {
+  float* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 100 * sizeof(float)), cudaSuccess);
+  std::vector<float> h(100, 2.f), back(100);
+  ASSERT_EQ(cudaMemcpy(d, h.data(), 100 * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+  BT_LAUNCH(1, 64, 0, nullptr, add_one_kernel)(d, 100);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(back.data(), d, 100 * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (float x : back) EXPECT_EQ(x, 3.f);
+  // A host read of a device pointer faults, as it does with a real GPU.
+  EXPECT_DEATH({ std::printf("%f\n", static_cast<double>(*static_cast<volatile float*>(d))); }, "");
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
+}
+
 TEST(Simt, Bf16ConversionsRoundToNearestEven) {
   EXPECT_EQ(__float2bfloat16_rn(1.0f).__x, 0x3f80);
   EXPECT_EQ(__float2bfloat16_rn(1.00390625f).__x, 0x3f80);   // halfway, even stays

@@ -374,6 +374,7 @@ int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::func
     std::fprintf(stderr, "simt: a kernel launched a kernel (dynamic parallelism is not emulated)\n");
     return record(cudaErrorLaunchFailure);
   }
+  DeviceAccess open;  // device memory is readable while the kernel runs
   g.nthreads = int(threads);
   ensure_fibers(g.nthreads);
   g.warps.resize(size_t((g.nthreads + kWarpSize - 1) / kWarpSize));
@@ -405,9 +406,39 @@ int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::func
 namespace {
 constexpr size_t kTotalMemory = size_t(16) << 30;  // what the emulated device reports
 size_t g_allocated = 0;
-std::map<void*, size_t> g_allocations;
-std::mutex g_alloc_mutex;
+struct Allocation {
+  size_t bytes, mapped;
+};
+std::map<void*, Allocation> g_allocations;
+std::recursive_mutex g_alloc_mutex;
+int g_open = 0;  // > 0: inside a launch or a copy, device memory is accessible
+// Device memory is mapped PROT_NONE outside launches and copies, so host code that reads or
+// writes a device pointer faults here as it would on a GPU (BT_SIMT_PROTECT=0 turns this off).
+const bool g_protect = [] {
+  const char* e = std::getenv("BT_SIMT_PROTECT");
+  return !(e && std::string(e) == "0");
+}();
+
+void protect(void* p, const Allocation& a, bool open) {
+  if (g_protect) mprotect(p, a.mapped, open ? PROT_READ | PROT_WRITE : PROT_NONE);
+}
+
 }  // namespace
+
+namespace bt::simt {
+
+DeviceAccess::DeviceAccess() {
+  std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
+  if (g_open++ == 0)
+    for (auto& [p, a] : g_allocations) protect(p, a, true);
+}
+DeviceAccess::~DeviceAccess() {
+  std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
+  if (--g_open == 0)
+    for (auto& [p, a] : g_allocations) protect(p, a, false);
+}
+
+}  // namespace bt::simt
 
 cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
@@ -444,33 +475,37 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
-  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
   if (g_allocated + bytes > kTotalMemory) return bt::simt::record(cudaErrorMemoryAllocation);
-  void* q = std::aligned_alloc(256, std::max<size_t>(256, (bytes + 255) / 256 * 256));
-  if (!q) return bt::simt::record(cudaErrorMemoryAllocation);
-  std::memset(q, 0xFF, bytes);  // device memory starts as garbage
-  g_allocations[q] = bytes;
+  const size_t page = 4096, mapped = std::max(page, (bytes + page - 1) / page * page);
+  void* q = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (q == MAP_FAILED) return bt::simt::record(cudaErrorMemoryAllocation);
+  std::memset(q, 0xFF, bytes);  // device memory starts as garbage (NaN as floats)
+  const Allocation a{bytes, mapped};
+  g_allocations[q] = a;
   g_allocated += bytes;
+  if (g_open == 0) protect(q, a, false);
   *p = q;
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
   auto it = g_allocations.find(p);
   if (it == g_allocations.end()) return bt::simt::record(cudaErrorInvalidValue);
-  g_allocated -= it->second;
+  g_allocated -= it->second.bytes;
+  munmap(p, it->second.mapped);
   g_allocations.erase(it);
-  std::free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
-  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
   *free_b = kTotalMemory - g_allocated;
   *total_b = kTotalMemory;
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  bt::simt::DeviceAccess open;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -478,6 +513,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   return cudaMemcpy(dst, src, bytes, kind);
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  bt::simt::DeviceAccess open;
   if (bytes) std::memset(p, value, bytes);
   return cudaSuccess;
 }

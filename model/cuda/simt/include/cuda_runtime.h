@@ -9,7 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#ifndef BT_SIMT
 #define BT_SIMT 1
+#endif
 
 // ---- qualifiers -----------------------------------------------------------------------------
 #define __global__

@@ -11,7 +11,8 @@
 // a barrier that not every thread reaches (deadlock), a full-mask shuffle with a lane missing
 // or lanes at different collectives, a block of more than 1024 threads, a grid past its limits
 // and dynamic shared memory over the function's limit (48 KiB unless cudaFuncSetAttribute
-// raised it, 227 KiB at most). Not emulated: concurrency between blocks, the memory model,
+// raised it, 227 KiB at most). Device memory is protected outside launches and copies, so host
+// code that dereferences a device pointer crashes as it would with a GPU. Not emulated: concurrency between blocks, the memory model,
 // timing, and everything the device does not guarantee about ordering.
 #pragma once
 #include <cstddef>
@@ -57,6 +58,15 @@ void* dynamic_shared();
 // the GPU would report at launch (bad configuration) or at the next synchronization (a fault:
 // here, the undefined behaviour listed above), which is also kept for cudaGetLastError.
 int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::function<void()>& thread);
+
+// Device memory (cudaMalloc) is inaccessible to host code except while one of these lives:
+// launches and the runtime's copies open it, so a host dereference of a device pointer faults.
+struct DeviceAccess {
+  DeviceAccess();
+  ~DeviceAccess();
+  DeviceAccess(const DeviceAccess&) = delete;
+  DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
 
 // Thread order between barriers: false = 0, 1, 2, ... (default), true = reversed.
 void set_reverse_order(bool reverse);
