@@ -132,11 +132,12 @@ Gemm::Plan& Gemm::plan(const GemmDesc& g, bool with_bias) {
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
   cublasLtMatmulHeuristicResult_t res{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), p->desc, p->a,
-                                                           p->b, p->d, p->d, pref, 1, &res, &found);
+  const cublasStatus_t cublasLtMatmulAlgoGetHeuristic_status = cublasLtMatmulAlgoGetHeuristic(
+      static_cast<cublasLtHandle_t>(handle_), p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic_status;
   cublasLtMatmulPreferenceDestroy(pref);
   // NOT_SUPPORTED means "no algorithm for this configuration": the simple kernel takes it.
-  if (st != CUBLAS_STATUS_NOT_SUPPORTED) BT_CUBLAS_CHECK(st);
+  if (st != CUBLAS_STATUS_NOT_SUPPORTED) BT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic_status);
   p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
   if (p->ok) p->algo = res.algo;
   return *plans_.emplace(key, std::move(p)).first->second;
