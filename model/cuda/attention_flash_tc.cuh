@@ -84,11 +84,11 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, size_t str
   }
 }
 
-// acc[n] (16 x 16, n = 0..3) = A_w (16 x HD, row-major at a) times B^T where B is 64 x HD
-// row-major at b: the scores of the warp's 16 rows against a tile. Skips the 16-column
-// groups with mask_from[n] false.
+// out (16 x 64 fp32, ld kLdS) = A_w B^T, where A_w is the warp's 16 x HD rows as fragments
+// fa[HD / 16] and B is a 64 x HD row-major tile at b: the scores of the warp's rows against the
+// tile. Skips the 16-column groups with live[n] false (their out columns are left as they are).
 template <int HD>
-__device__ __forceinline__ void rows_times_tile_t(float* out, const bf16* a, const bf16* b, const bool* live) {
+__device__ __forceinline__ void rows_times_tile_t(float* out, const FragA* fa, const bf16* b, const bool* live) {
   using Tr = TcTraits<HD>;
 #pragma unroll
   for (int n = 0; n < 4; ++n) {
@@ -97,31 +97,38 @@ __device__ __forceinline__ void rows_times_tile_t(float* out, const bf16* a, con
     wmma::fill_fragment(acc, 0.f);
 #pragma unroll
     for (int k = 0; k < HD / 16; ++k) {
-      FragA fa;
       FragBCol fb;
-      wmma::load_matrix_sync(fa, a + k * 16, Tr::kLdH);
       wmma::load_matrix_sync(fb, b + n * 16 * Tr::kLdH + k * 16, Tr::kLdH);
-      wmma::mma_sync(acc, fa, fb, acc);
+      wmma::mma_sync(acc, fa[k], fb, acc);
     }
     wmma::store_matrix_sync(out + n * 16, acc, Tr::kLdS, wmma::mem_row_major);
   }
 }
 
+// The warp's 16 rows of a [64][kLdH] tile (at rows) as HD / 16 row-major A fragments.
+template <int HD>
+__device__ __forceinline__ void load_rows(FragA* fa, const bf16* rows) {
+#pragma unroll
+  for (int k = 0; k < HD / 16; ++k) wmma::load_matrix_sync(fa[k], rows + k * 16, TcTraits<HD>::kLdH);
+}
+
 // acc[dn] (16 x 16 pieces of 16 x HD) += P (16 x 64 bf16 at p, ld kLdP) times V (64 x HD at v).
+// Each 16-wide piece of P is loaded once and used for all HD / 16 output pieces.
 template <int HD>
 __device__ __forceinline__ void probs_times_tile(FragC* acc, const bf16* p, const bf16* v, const bool* live) {
   using Tr = TcTraits<HD>;
 #pragma unroll
-  for (int dn = 0; dn < HD / 16; ++dn)
+  for (int k = 0; k < 4; ++k) {
+    if (!live[k]) continue;
+    FragA fa;
+    wmma::load_matrix_sync(fa, p + k * 16, Tr::kLdP);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!live[k]) continue;
-      FragA fa;
+    for (int dn = 0; dn < HD / 16; ++dn) {
       FragBRow fb;
-      wmma::load_matrix_sync(fa, p + k * 16, Tr::kLdP);
       wmma::load_matrix_sync(fb, v + k * 16 * Tr::kLdH + dn * 16, Tr::kLdH);
       wmma::mma_sync(acc[dn], fa, fb, acc[dn]);
     }
+  }
 }
 
 // dst[row r] += staged fp32 rows (16 x HD at stage, ld kLdO) for the rows r < valid, dims < hd;
@@ -164,6 +171,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
   const int r = lane >> 1, half = lane & 1;  // this lane's row of the warp and its half of the columns
   const int qi = qw0 + r;
   float m = -INFINITY, l = 0.f;
+  tc::FragA qf[HD / 16];  // the warp's queries, loaded on the first tile and kept
   const int q_last = min(Tn - 1, q0 + Tr::kRows - 1);
   for (int k0 = 0; k0 <= q_last; k0 += Tr::kTile) {
     __syncthreads();  // the previous K, V tiles are consumed (and Qs is complete on the first pass)
@@ -171,10 +179,11 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
     tc::load_tile<HD>(Vs, v, hd, k0, Tn, hd);
     __syncthreads();
     if (qw0 >= Tn || k0 > qw0 + 15) continue;  // no query of the warp sees this tile
+    if (k0 == 0) tc::load_rows<HD>(qf, Qs + warp * 16 * Tr::kLdH);  // Qs is complete after the barrier
     bool live[4];
 #pragma unroll
     for (int n = 0; n < 4; ++n) live[n] = k0 + n * 16 <= qw0 + 15;
-    tc::rows_times_tile_t<HD>(Sw, Qs + warp * 16 * Tr::kLdH, Ks, live);
+    tc::rows_times_tile_t<HD>(Sw, qf, Ks, live);
     __syncwarp();
     // Online softmax over this lane's 32 columns of row r; the partner lane has the other 32.
     float s[32];
@@ -289,8 +298,13 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
     bool live[4];  // query groups with a query >= the warp's first key
 #pragma unroll
     for (int n = 0; n < 4; ++n) live[n] = qs + n * 16 + 15 >= kw0;
-    tc::rows_times_tile_t<HD>(Sw, Ks + warp * 16 * Tr::kLdH, Qs, live);
-    tc::rows_times_tile_t<HD>(dPw, Vs + warp * 16 * Tr::kLdH, dOs, live);
+    {
+      tc::FragA rf[HD / 16];  // K_w, then V_w (reloaded per tile: the dK, dV accumulators hold the registers)
+      tc::load_rows<HD>(rf, Ks + warp * 16 * Tr::kLdH);
+      tc::rows_times_tile_t<HD>(Sw, rf, Qs, live);
+      tc::load_rows<HD>(rf, Vs + warp * 16 * Tr::kLdH);
+      tc::rows_times_tile_t<HD>(dPw, rf, dOs, live);
+    }
     __syncwarp();
     probs_and_dscores<HD, true>(Pw, dSw, Sw, dPw, kw0, qs, Tn, a.scale, 0.f, 0.f, lse_s, D_s, lane);
     __syncwarp();
@@ -358,8 +372,13 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_k
     bool live[4];
 #pragma unroll
     for (int n = 0; n < 4; ++n) live[n] = k0 + n * 16 <= qw0 + 15;
-    tc::rows_times_tile_t<HD>(Sw, Qs + warp * 16 * Tr::kLdH, Ks, live);
-    tc::rows_times_tile_t<HD>(dPw, dOs + warp * 16 * Tr::kLdH, Vs, live);
+    {
+      tc::FragA rf[HD / 16];  // Q_w, then dO_w
+      tc::load_rows<HD>(rf, Qs + warp * 16 * Tr::kLdH);
+      tc::rows_times_tile_t<HD>(Sw, rf, Ks, live);
+      tc::load_rows<HD>(rf, dOs + warp * 16 * Tr::kLdH);
+      tc::rows_times_tile_t<HD>(dPw, rf, Vs, live);
+    }
     __syncwarp();
     probs_and_dscores<HD, false>(Pw, dSw, Sw, dPw, qw0, k0, Tn, a.scale, lse_r, D_r, nullptr, nullptr, lane);
     __syncwarp();
