@@ -22,6 +22,12 @@
 
 namespace bt {
 
+// One LayerNorm output of residual_layernorm_forward: out = LayerNorm(x; w, b), with the row
+// statistics mean and rstd (as layernorm_forward writes them). Empty `out`: not computed.
+struct LayerNormOut {
+  Tensor out, mean, rstd, w, b;
+};
+
 struct RotaryParams {
   int rd = 0;           // rotated dims per head (even), rd = int(hd * rotary_pct)
   double base = 10000;  // inv_freq[i] = base^(-2i/rd)
@@ -94,6 +100,16 @@ class Backend {
   virtual void gelu_backward(Tensor dx, Tensor dout, Tensor x) = 0;
   // out = a + b + c (parallel residual); c may be empty.
   virtual void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) = 0;
+  // The end of a layer and the start of the next, fused where the backend can: out = a + b + c
+  // (as add_forward), then ln1 and, unless ln2.out is empty, ln2 = LayerNorm(out) with their own
+  // weights (the next layer's two LayerNorms under the parallel residual, or the final one). A
+  // fused version must give exactly what add_forward and layernorm_forward give.
+  virtual void residual_layernorm_forward(Tensor out, Tensor a, Tensor b, Tensor c, const LayerNormOut& ln1,
+                                          const LayerNormOut& ln2, double eps) {
+    add_forward(out, a, b, c);
+    layernorm_forward(ln1.out, ln1.mean, ln1.rstd, out, ln1.w, ln1.b, eps);
+    if (!ln2.out.empty()) layernorm_forward(ln2.out, ln2.mean, ln2.rstd, out, ln2.w, ln2.b, eps);
+  }
   // dst += src
   virtual void accumulate(Tensor dst, Tensor src) = 0;
 

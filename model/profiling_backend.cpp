@@ -70,6 +70,10 @@ class ProfilingBackend final : public Backend {
   void gelu_backward(Tensor dx, Tensor dout, Tensor x) override {
     timed("pointwise", [&] { in_.gelu_backward(dx, dout, x); });
   }
+  void residual_layernorm_forward(Tensor out, Tensor a, Tensor b, Tensor c, const LayerNormOut& ln1,
+                                  const LayerNormOut& ln2, double eps) override {
+    timed("layernorm", [&] { in_.residual_layernorm_forward(out, a, b, c, ln1, ln2, eps); });
+  }
   void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) override {
     timed("pointwise", [&] { in_.add_forward(out, a, b, c); });
   }

@@ -109,6 +109,8 @@ Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T) {
   const int64_t D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   x_in_ = x.view({B, T, D});
   Tensor cur = x_in_;
+  Tensor out = rows(lnf_, {B, T, D});
+  const LayerNormOut final_ln{out, rows(lnf_mean_, {B * T}), rows(lnf_rstd_, {B * T}), p_.lnf_w, p_.lnf_b};
   for (int l = 0; l < d_.layers; ++l) {
     const LayerTensors& w = p_.layers[l];
     LayerActs& A = acts_[l];
@@ -121,24 +123,37 @@ Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T) {
     Tensor stats = rows(A.stats, be_.attention_stats_shape(B, H, T));
     Tensor atty = rows(A.atty, {B, T, D}), attn_out = rows(A.attn_out, {B, T, D});
     Tensor fch = rows(A.fch, {B, T, F}), fg = rows(A.fch_gelu, {B, T, F}), mlp = rows(A.mlp_out, {B, T, D});
+    if (l == 0) {  // later layers get LN1 and LN2 of their input from the previous layer's residual add
+      be_.layernorm_forward(ln1, m1, r1, res, w.ln1_w, w.ln1_b, d_.eps);
+      be_.layernorm_forward(ln2, m2, r2, res, w.ln2_w, w.ln2_b, d_.eps);
+    }
     // attention branch: LN1 -> QKV -> rotary -> causal attention -> dense
-    be_.layernorm_forward(ln1, m1, r1, res, w.ln1_w, w.ln1_b, d_.eps);
     be_.matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b);
     be_.qkv_rotary_forward(q, k, v, qkv, d_.rope);
     be_.attention_forward(atty, stats, q, k, v);
     be_.matmul_forward(attn_out, atty, w.attn_w, w.attn_b);
-    // MLP branch (parallel residual: reads the same layer input)
-    be_.layernorm_forward(ln2, m2, r2, res, w.ln2_w, w.ln2_b, d_.eps);
+    // MLP branch (parallel residual: LN2 of the same layer input)
     be_.matmul_forward(fch, ln2, w.fc_w, w.fc_b);
     be_.gelu_forward(fg, fch);
     be_.matmul_forward(mlp, fg, w.proj_w, w.proj_b);
-    // x + attn + mlp
-    Tensor next = (l + 1 < d_.layers) ? rows(acts_[l + 1].res, {B, T, D}) : rows(final_res_, {B, T, D});
-    be_.add_forward(next, res, attn_out, mlp);
-    cur = next;
+    // x + attn + mlp, and the LayerNorms that read it: the next layer's two, or the final one
+    if (l + 1 < d_.layers) {
+      LayerActs& N = acts_[l + 1];
+      const LayerTensors& wn = p_.layers[l + 1];
+      const LayerNormOut n1{rows(N.ln1, {B, T, D}), rows(N.ln1_mean, {B * T}), rows(N.ln1_rstd, {B * T}), wn.ln1_w,
+                            wn.ln1_b};
+      const LayerNormOut n2{rows(N.ln2, {B, T, D}), rows(N.ln2_mean, {B * T}), rows(N.ln2_rstd, {B * T}), wn.ln2_w,
+                            wn.ln2_b};
+      be_.residual_layernorm_forward(rows(N.res, {B, T, D}), res, attn_out, mlp, n1, n2, d_.eps);
+    } else {
+      be_.residual_layernorm_forward(rows(final_res_, {B, T, D}), res, attn_out, mlp, final_ln, LayerNormOut{},
+                                     d_.eps);
+      return out;
+    }
+    cur = rows(acts_[l + 1].res, {B, T, D});
   }
-  Tensor out = rows(lnf_, {B, T, D});
-  be_.layernorm_forward(out, rows(lnf_mean_, {B * T}), rows(lnf_rstd_, {B * T}), cur, p_.lnf_w, p_.lnf_b, d_.eps);
+  // No layers: the final LayerNorm of the input.
+  be_.layernorm_forward(final_ln.out, final_ln.mean, final_ln.rstd, cur, final_ln.w, final_ln.b, d_.eps);
   return out;
 }
 

@@ -353,6 +353,37 @@ class CudaBackend final : public Backend {
     cuda::add_forward(dev(out, "add_forward"), dev(a, "add_forward"), dev(b, "add_forward"), opt(c), out.numel(),
                       act_, stream_);
   }
+  void residual_layernorm_forward(Tensor out, Tensor a, Tensor b, Tensor c, const LayerNormOut& ln1,
+                                  const LayerNormOut& ln2, double eps) override {
+    const int C = static_cast<int>(out.dim(-1));
+    const size_t n = out.rows();
+    BT_CHECK(a.numel() == out.numel() && b.numel() == out.numel() && (c.empty() || c.numel() == out.numel()),
+             "residual_layernorm_forward: out ", out.shape.str(), " a ", a.shape.str(), " b ", b.shape.str());
+    for (const Tensor* t : {&out, &a, &b}) act(*t, "residual_layernorm_forward");
+    if (!c.empty()) act(c, "residual_layernorm_forward");
+    auto check_ln = [&](const LayerNormOut& l) {
+      BT_CHECK(l.out.numel() == out.numel() && l.w.numel() == size_t(C) && l.b.numel() == size_t(C) &&
+                   (l.mean.empty() || l.mean.numel() == n) && (l.rstd.empty() || l.rstd.numel() == n),
+               "residual_layernorm_forward: LayerNorm out ", l.out.shape.str(), " w ", l.w.shape.str(), " for ",
+               out.shape.str());
+      for (const Tensor* t : {&l.out, &l.w, &l.b}) act(*t, "residual_layernorm_forward LayerNorm");
+    };
+    check_ln(ln1);
+    const bool two = !ln2.out.empty();
+    if (two) {
+      check_ln(ln2);
+      BT_CHECK(stats_dtype(ln2.mean, ln2.rstd) == stats_dtype(ln1.mean, ln1.rstd),
+               "residual_layernorm_forward: the two LayerNorms' statistics differ in dtype");
+    }
+    cuda::residual_layernorm_forward(
+        dev(out, "residual_layernorm_forward"), dev(a, "residual_layernorm_forward"),
+        dev(b, "residual_layernorm_forward"), opt(c), dev(ln1.out, "residual_layernorm_forward"), opt(ln1.mean),
+        opt(ln1.rstd), dev(ln1.w, "residual_layernorm_forward"), dev(ln1.b, "residual_layernorm_forward"),
+        two ? dev(ln2.out, "residual_layernorm_forward") : nullptr, two ? opt(ln2.mean) : nullptr,
+        two ? opt(ln2.rstd) : nullptr, two ? dev(ln2.w, "residual_layernorm_forward") : nullptr,
+        two ? dev(ln2.b, "residual_layernorm_forward") : nullptr, n, C, float(eps), act_,
+        stats_dtype(ln1.mean, ln1.rstd), stream_);
+  }
   void accumulate(Tensor dst, Tensor src) override {
     BT_CHECK(dst.numel() == src.numel(), "accumulate: ", dst.shape.str(), " += ", src.shape.str());
     cuda::accumulate(dev(dst, "accumulate"), dst.dtype, dev(src, "accumulate"), src.dtype, dst.numel(), stream_);

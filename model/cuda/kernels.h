@@ -29,6 +29,13 @@ void embedding_backward(float* dtable, const void* dout, const int32_t* order, c
 // out [n, C], mean [n], rstd [n] (dtype stats_t: f32 or t), x [n, C], w [C], b [C]
 void layernorm_forward(void* out, void* mean, void* rstd, const void* x, const void* w, const void* b, size_t n,
                        int C, float eps, DType t, DType stats_t, cudaStream_t stream);
+// out [n, C] = a + b (+ c when not null), rounded to the storage type as add_forward does;
+// then ln1 [n, C] = LayerNorm(out; w1, b1) with mean1, rstd1 [n], and the same with w2, b2 into
+// ln2, mean2, rstd2 when ln2 is not null. Bit-identical to add_forward + layernorm_forward.
+void residual_layernorm_forward(void* out, const void* a, const void* b, const void* c, void* ln1, void* mean1,
+                                void* rstd1, const void* w1, const void* b1, void* ln2, void* mean2, void* rstd2,
+                                const void* w2, const void* b2, size_t n, int C, float eps, DType t, DType stats_t,
+                                cudaStream_t stream);
 // dx [n, C] += ...; dw, db [C] f32 += ... (each may be null). With bf16 stats the row mean is
 // recomputed from x in fp32 (exact) and rstd is taken as stored.
 void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const void* x, const void* w,

@@ -57,6 +57,46 @@ __global__ void layernorm_forward_kernel(T* out, void* mean, void* rstd, const T
   }
 }
 
+// The residual add of a layer fused with the LayerNorms that read its result: one warp per row,
+// the same arithmetic as add_kernel (pointwise.cu) and layernorm_forward_kernel, so the results
+// are bit-identical to the separate kernels, with one read of a, b, c and the row cached.
+template <class T>
+__global__ void residual_layernorm_kernel(T* out, const T* a, const T* b, const T* c, T* ln1, void* mean1,
+                                          void* rstd1, const T* w1, const T* b1, T* ln2, void* mean2, void* rstd2,
+                                          const T* w2, const T* b2, size_t n, int C, float eps, bool stats_bf16) {
+  // out, a, b, c, ln1, ln2 [n, C]; mean*, rstd* [n]; w*, b* [C]
+  const size_t row = blockIdx.x * size_t(LnTraits::kRowsPerBlock) + threadIdx.x / kWarp;
+  if (row >= n) return;
+  const int lane = threadIdx.x % kWarp;
+  const size_t base = row * C;
+  T* o = out + base;
+  float s = 0.f;
+  for (int j = lane; j < C; j += kWarp) {
+    const size_t i = base + j;
+    const T x = c ? from_f<T>(to_f(a[i]) + to_f(b[i]) + to_f(c[i])) : from_f<T>(to_f(a[i]) + to_f(b[i]));
+    o[j] = x;
+    s += to_f(x);
+  }
+  const float m = warp_sum(s) / C;
+  float v = 0.f;
+  for (int j = lane; j < C; j += kWarp) {  // each lane reads back only what it wrote
+    const float d = to_f(o[j]) - m;
+    v += d * d;
+  }
+  const float rs = 1.0f / sqrtf(warp_sum(v) / C + eps);
+  for (int j = lane; j < C; j += kWarp) {
+    const float xh = to_f(o[j]) - m;
+    ln1[base + j] = from_f<T>(xh * rs * to_f(w1[j]) + to_f(b1[j]));
+    if (ln2) ln2[base + j] = from_f<T>(xh * rs * to_f(w2[j]) + to_f(b2[j]));
+  }
+  if (lane == 0) {
+    store_stat(mean1, stats_bf16, row, m);
+    store_stat(rstd1, stats_bf16, row, rs);
+    store_stat(mean2, stats_bf16, row, m);
+    store_stat(rstd2, stats_bf16, row, rs);
+  }
+}
+
 template <class T>
 __global__ void layernorm_backward_dx_kernel(T* dx, float* row_mean, float* row_rstd, const T* dout, const T* x,
                                              const T* w, const void* mean, const void* rstd, size_t n, int C,
@@ -147,6 +187,22 @@ void layernorm_forward(void* out, void* mean, void* rstd, const void* x, const v
                       static_cast<T*>(out), mean, rstd, static_cast<const T*>(x), static_cast<const T*>(w),
                       static_cast<const T*>(b), n, C, eps, sbf));
   BT_KERNEL_CHECK("layernorm_forward_kernel");
+}
+
+void residual_layernorm_forward(void* out, const void* a, const void* b, const void* c, void* ln1, void* mean1,
+                                void* rstd1, const void* w1, const void* b1, void* ln2, void* mean2, void* rstd2,
+                                const void* w2, const void* b2, size_t n, int C, float eps, DType t, DType stats_t,
+                                cudaStream_t stream) {
+  if (n == 0) return;
+  const bool sbf = stats_is_bf16(stats_t);
+  const unsigned grid = unsigned(ceil_div(int64_t(n), LnTraits::kRowsPerBlock));
+  BT_DISPATCH_ACT(t, T,
+                  BT_LAUNCH(grid, LnTraits::kRowsPerBlock * kWarp, 0, stream, residual_layernorm_kernel<T>)(
+                      static_cast<T*>(out), static_cast<const T*>(a), static_cast<const T*>(b),
+                      static_cast<const T*>(c), static_cast<T*>(ln1), mean1, rstd1, static_cast<const T*>(w1),
+                      static_cast<const T*>(b1), static_cast<T*>(ln2), mean2, rstd2, static_cast<const T*>(w2),
+                      static_cast<const T*>(b2), n, C, eps, sbf));
+  BT_KERNEL_CHECK("residual_layernorm_kernel");
 }
 
 void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const void* x, const void* w,

@@ -146,6 +146,70 @@ TEST_P(CudaOps, LayerNorm) {
   }
 }
 
+// The residual add fused with the LayerNorms that read it (residual_layernorm_forward): against
+// the CPU reference, and against the same backend's separate add_forward + layernorm_forward
+// (the base-class version): the sum exactly, the LayerNorms within one rounding (nvcc may
+// contract the two kernels' multiply-adds differently).
+TEST_P(CudaOps, ResidualLayerNorm) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  struct Outs {
+    Tensor out, l1, m1, r1, l2, m2, r2;
+  };
+  for (auto [n, C] : {std::pair{1, 1}, std::pair{5, 7}, std::pair{64, 256}, std::pair{257, 768}, std::pair{3, 1000}})
+    for (bool with_c : {true, false})
+      for (bool two : {true, false}) {
+        const std::string tag = "n=" + std::to_string(n) + " C=" + std::to_string(C) + (with_c ? " a+b+c" : " a+b") +
+                                (two ? " two LayerNorms" : " one LayerNorm");
+        const size_t N = size_t(n) * C;
+        auto [ag, ac] = both({n, C}, random_vec(N, 20, 1.0, bf(), 0.3));
+        auto [bg, bc] = both({n, C}, random_vec(N, 21, 1.0, bf()));
+        Tensor cg, cc;
+        if (with_c) std::tie(cg, cc) = both({n, C}, random_vec(N, 22, 1.0, bf()));
+        auto [w1g, w1c] = both({C}, random_vec(C, 23, 0.3, bf(), 1.0));
+        auto [b1g, b1c] = both({C}, random_vec(C, 24, 0.3, bf()));
+        auto [w2g, w2c] = both({C}, random_vec(C, 25, 0.3, bf(), 1.0));
+        auto [b2g, b2c] = both({C}, random_vec(C, 26, 0.3, bf()));
+        auto make = [&](Backend& be, DType t) {
+          Outs o;
+          o.out = be.alloc({n, C}, t);
+          o.l1 = be.alloc({n, C}, t);
+          o.m1 = be.alloc({n}, t);
+          o.r1 = be.alloc({n}, t);
+          o.l2 = be.alloc({n, C}, t);
+          o.m2 = be.alloc({n}, t);
+          o.r2 = be.alloc({n}, t);
+          return o;
+        };
+        Outs fused = make(*gpu_, act()), separate = make(*gpu_, act()), ref = make(*cpu_, DType::f32);
+        auto lns = [&](const Outs& o, Tensor w1, Tensor b1, Tensor w2, Tensor b2) {
+          return std::pair{LayerNormOut{o.l1, o.m1, o.r1, w1, b1},
+                           two ? LayerNormOut{o.l2, o.m2, o.r2, w2, b2} : LayerNormOut{}};
+        };
+        auto [f1, f2] = lns(fused, w1g, b1g, w2g, b2g);
+        gpu_->residual_layernorm_forward(fused.out, ag, bg, cg, f1, f2, 1e-5);
+        auto [s1, s2] = lns(separate, w1g, b1g, w2g, b2g);
+        gpu_->Backend::residual_layernorm_forward(separate.out, ag, bg, cg, s1, s2, 1e-5);
+        auto [r1, r2] = lns(ref, w1c, b1c, w2c, b2c);
+        cpu_->residual_layernorm_forward(ref.out, ac, bc, cc, r1, r2, 1e-5);
+        EXPECT_EQ(get(*gpu_, fused.out), get(*gpu_, separate.out)) << "residual sum, fused vs separate " << tag;
+        const Tol one_rounding = tol({1e-6, 1e-7}, {k2m8, 1e-7});
+        compare(fused.out, ref.out, tol({1e-6, 1e-7}, {k2m8, 1e-7}), "residual_layernorm out " + tag);
+        for (int i = 0; i < (two ? 2 : 1); ++i) {
+          const Tensor& lf = i ? fused.l2 : fused.l1;
+          const Tensor& ls = i ? separate.l2 : separate.l1;
+          const Tensor& lr = i ? ref.l2 : ref.l1;
+          const std::string which = std::string(i ? " ln2 " : " ln1 ") + tag;
+          expect_close(get(*gpu_, lf), get(*gpu_, ls), one_rounding, "fused vs separate" + which);
+          expect_close(get(*gpu_, i ? fused.m2 : fused.m1), get(*gpu_, i ? separate.m2 : separate.m1), one_rounding,
+                       "fused vs separate mean" + which);
+          expect_close(get(*gpu_, i ? fused.r2 : fused.r1), get(*gpu_, i ? separate.r2 : separate.r1), one_rounding,
+                       "fused vs separate rstd" + which);
+          compare(lf, lr, tol({1e-5, 1e-6}, {k2m7, k2m8}), "residual_layernorm" + which);
+          compare(i ? fused.r2 : fused.r1, i ? ref.r2 : ref.r1, tol({1e-5, 1e-6}, {k2m8, 0}), "rstd" + which);
+        }
+      }
+}
+
 // ---- linear ---------------------------------------------------------------------------------------
 
 TEST_P(CudaOps, Matmul) {
