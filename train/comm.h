@@ -46,6 +46,10 @@ class Communicator {
 
 // Whether this process was started by an MPI launcher (mpirun, srun) with world size > 1.
 bool launched_by_mpi();
+// After a fatal error on this rank (the message already printed): ends the whole MPI job
+// (MPI_Abort) so that the other ranks, which may be waiting for this one in a collective, do
+// not hang; finalizes MPI for a job of one. No-op when MPI was never started.
+void abort_job_after_error();
 // device: where the buffers given to the collectives live (cpu -> MPI, cuda -> NCCL).
 std::unique_ptr<Communicator> make_communicator(Device device);
 std::unique_ptr<Communicator> make_single_communicator();

@@ -4,7 +4,9 @@
 #ifdef BT_HAVE_MPI
 #include <mpi.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,9 @@ class MpiComm final : public Communicator {
     set_log_rank(rank_);
   }
   ~MpiComm() override {
+    // Unwinding from an error on this rank: MPI_Finalize would wait for ranks that wait for this
+    // one in a collective; main ends the job with abort_job_after_error instead.
+    if (std::uncaught_exceptions() > 0) return;
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
@@ -159,11 +164,22 @@ std::unique_ptr<Communicator> make_communicator(Device device) {
   if (!launched_by_mpi()) return make_single_communicator();
   auto mpi = std::make_unique<MpiComm>();
   if (device == Device::cpu) return mpi;
-#ifdef BT_HAVE_NCCL
-  return make_nccl_communicator(std::move(mpi));
-#else
-  BT_FAIL("data parallel training on CUDA needs NCCL, and this bt was built without it");
-#endif
+  return make_nccl_communicator(std::move(mpi));  // comm_nccl_none.cpp in builds without NCCL
+}
+
+void abort_job_after_error() {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (!inited || finalized) return;
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world > 1) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
 }
 
 }  // namespace bt

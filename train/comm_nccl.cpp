@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <thread>
 
 #include "core/error.h"
@@ -47,6 +48,11 @@ class NcclComm final : public Communicator {
   explicit NcclComm(std::unique_ptr<Communicator> host) : host_(std::move(host)) {
     const char* t = std::getenv("NCCL_TIMEOUT_S");
     timeout_s_ = t ? std::atof(t) : 600.0;
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+    BT_CHECK(host_->local_rank() < devices, "rank ", host_->rank(), ": local rank ", host_->local_rank(),
+             " has no GPU of its own (", devices, " visible on this node): start at most ", devices,
+             " ranks per node (mpirun -np / --map-by, srun --ntasks-per-node) or check CUDA_VISIBLE_DEVICES");
     BT_CUDA_RT_CHECK(cudaSetDevice(host_->local_rank()));
     ncclUniqueId id;
     if (host_->rank() == 0) BT_NCCL_CHECK(ncclGetUniqueId(&id));
@@ -59,6 +65,10 @@ class NcclComm final : public Communicator {
     BT_CUDA_RT_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   }
   ~NcclComm() override {
+    if (std::uncaught_exceptions() > 0) {  // an error on this rank: the job is about to be aborted
+      if (comm_) ncclCommAbort(comm_);
+      return;
+    }
     if (comm_) ncclCommDestroy(comm_);
     if (stream_) cudaStreamDestroy(stream_);
   }

@@ -50,6 +50,8 @@ bool launched_by_mpi() {
 }
 
 #ifndef BT_HAVE_MPI
+void abort_job_after_error() {}
+
 std::unique_ptr<Communicator> make_communicator(Device) {
   BT_CHECK(!launched_by_mpi(), "started by an MPI launcher but this bt was built without MPI (install Open MPI and rebuild)");
   return make_single_communicator();

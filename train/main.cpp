@@ -4,6 +4,7 @@
 
 #include "core/commands.h"
 #include "core/error.h"
+#include "train/comm.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"blockformer: pretrain, evaluate and serve Block Transformers"};
@@ -19,9 +20,11 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const bt::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    bt::abort_job_after_error();
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    bt::abort_job_after_error();
     return 1;
   }
   return 0;

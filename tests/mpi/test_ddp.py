@@ -7,7 +7,10 @@
   losses an uninterrupted run produces.
 - Ranks launched with different configs refuse to train, naming the odd rank.
 - Killing one rank (SIGKILL) makes the job exit non-zero with a message within 60 s.
-Run by ctest with BT_BINARY (the bt executable) and BT_SOURCE_DIR.
+- On the CUDA backend with the NCCL communicator, run by bt-simt (BT_SIMT_BINARY: the SIMT
+  emulator's CUDA and NCCL): 2 ranks equal 1 process (with accumulation, with ZeRO-1), and a
+  rank that fails with an error (more ranks than GPUs) ends the job with its message.
+Run by ctest with BT_BINARY (the bt executable), BT_SIMT_BINARY and BT_SOURCE_DIR.
 """
 import json
 import os
@@ -22,6 +25,7 @@ import time
 import numpy as np
 
 BT = os.environ.get("BT_BINARY", "bt")
+SIMT = os.environ.get("BT_SIMT_BINARY")
 SRC = os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_rmaps_base_oversubscribe="1")
@@ -33,13 +37,20 @@ COMMON = ["--config", f"{SRC}/configs/tiny/block_b4.yaml", "model.context_length
 FAILURES = []
 
 
-def run(np_, out, *extra, steps=10, resume=False):
-    cmd = ([BT] if np_ == 1 else ["mpirun", "-np", str(np_), "--oversubscribe", BT])
+# A model small enough for the SIMT emulator (D = 32, V = 64, L = 32).
+SMALL = ["model.vocab_size=64", "model.context_length=32", "model.embedder.dim=8", "model.block_decoder.dim=32",
+         "model.block_decoder.heads=2", "model.block_decoder.ffn_dim=64", "model.token_decoder.dim=32",
+         "model.token_decoder.heads=2", "model.token_decoder.ffn_dim=64", "train.device=cuda", "train.precision=fp32"]
+
+
+def run(np_, out, *extra, steps=10, resume=False, binary=None, env=None):
+    binary = binary or BT
+    cmd = ([binary] if np_ == 1 else ["mpirun", "-np", str(np_), "--oversubscribe", binary])
     cmd += ["train"] + COMMON + [f"train.steps={steps}", f"train.checkpoint_every={steps}", f"train.out_dir={out}"]
     cmd += list(extra)
     if resume:
         cmd += ["--resume", "auto"]
-    p = subprocess.run(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    p = subprocess.run(cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}")
     return p.stdout
@@ -137,12 +148,43 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 check("kill: job exited within 60 s", False, "still running")
+
+        if SIMT:
+            simt_part(d)
+        else:
+            print("skip the CUDA / NCCL part: BT_SIMT_BINARY is not set")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if FAILURES:
         print("FAILED:", ", ".join(FAILURES))
         sys.exit(1)
     print("all checks passed")
+
+
+def simt_part(d):
+    """Data parallelism on the (emulated) CUDA backend through the NCCL communicator."""
+    env = dict(ENV, BT_SIMT_DEVICES="2")
+    run(1, d("simt_single"), *SMALL, "train.micro_batch=4", steps=6, binary=SIMT, env=env)
+    for label, extra in [("cuda: 2 ranks", ["train.micro_batch=4"]),
+                         ("cuda: 2 ranks + accumulation", ["train.micro_batch=2"]),
+                         ("cuda: 2 ranks + ZeRO-1", ["train.micro_batch=4", "train.zero=1"])]:
+        out = d(label.replace(" ", "_").replace("+", "").replace(":", ""))
+        log = run(2, out, *SMALL, *extra, steps=6, binary=SIMT, env=env)
+        check(label + ": ran on 2 x cuda", "2 x cuda" in log, log[:400])
+        compare(label + " == 1 process", d("simt_single"), out)
+    # More ranks than GPUs: rank 1 fails before NCCL starts; the job ends with its message.
+    cmd = ["mpirun", "-np", "2", "--oversubscribe", SIMT, "train"] + COMMON + SMALL + [
+        "train.steps=2", "train.micro_batch=4", f"train.out_dir={d('simt_fail')}"]
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, env=dict(ENV, BT_SIMT_DEVICES="1"), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        elapsed = time.time() - t0
+        check(f"rank error: the job fails ({p.returncode}) in {elapsed:.1f} s, not hangs", p.returncode != 0)
+        check("rank error: the message names the rank and the cause", "local rank 1 has no GPU" in p.stdout,
+              p.stdout[-800:])
+    except subprocess.TimeoutExpired:
+        check("rank error: the job ends within 60 s", False, "it hung")
 
 
 if __name__ == "__main__":

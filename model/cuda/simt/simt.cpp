@@ -440,19 +440,29 @@ DeviceAccess::~DeviceAccess() {
 
 }  // namespace bt::simt
 
+// BT_SIMT_DEVICES (default 1) emulated devices, all the same CPU: ranks of an mpirun on one
+// machine each take one (local rank = device), as on a node with that many GPUs.
+int device_count() {
+  static const int n = [] {
+    const char* e = std::getenv("BT_SIMT_DEVICES");
+    const int v = e ? std::atoi(e) : 1;
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
 cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = device_count();
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : bt::simt::record(cudaErrorInvalidDevice);
+  return device >= 0 && device < device_count() ? cudaSuccess : bt::simt::record(cudaErrorInvalidDevice);
 }
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return bt::simt::record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= device_count()) return bt::simt::record(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof(prop->name), "SIMT emulator (CPU)");
   prop->major = 9;
@@ -467,7 +477,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return bt::simt::record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= device_count()) return bt::simt::record(cudaErrorInvalidDevice);
   if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return bt::simt::record(cudaErrorInvalidValue);
   *value = bt::simt::kMaxSmemOptin;
   return cudaSuccess;
