@@ -144,14 +144,52 @@ __device__ __forceinline__ void add_rows(bf16* dst, size_t stride, const float* 
 
 }  // namespace tc
 
+// The backward kernels' shared memory: four [64][kLdH] bf16 tiles (this block's rows and one tile
+// of the other side), lse and D of the other side's 64 rows, and per warp S and dP (fp32, later
+// the gradient staging [16][kLdO]) and P and dS (bf16).
+template <int HD>
+struct TcBwdSmem {
+  bf16* tile[4];
+  float *lse, *D, *S, *dP;
+  bf16 *P, *dS;
+  __device__ TcBwdSmem(float* smem, int warp) {
+    using Tr = TcTraits<HD>;
+    char* base = reinterpret_cast<char*>(smem);
+    for (int i = 0; i < 4; ++i) tile[i] = reinterpret_cast<bf16*>(base + i * Tr::kTileBytes);
+    lse = reinterpret_cast<float*>(base + 4 * Tr::kTileBytes);
+    D = lse + Tr::kTile;
+    char* w = base + 4 * Tr::kTileBytes + 2 * Tr::kTile * 4 + warp * (2 * Tr::kSBytes + 2 * Tr::kPBytes);
+    S = reinterpret_cast<float*>(w);
+    dP = reinterpret_cast<float*>(w + Tr::kSBytes);
+    P = reinterpret_cast<bf16*>(w + 2 * Tr::kSBytes);
+    dS = reinterpret_cast<bf16*>(w + 2 * Tr::kSBytes + Tr::kPBytes);
+  }
+};
+
+// One (b, h) of the attention arguments: q, k, v rows at head + t * hd, dout rows at t * H * hd.
+struct TcHead {
+  int Tn, hd, H, bh;
+  size_t head;
+  const bf16 *q, *k, *v, *dout;
+  __device__ explicit TcHead(const AttnArgs& a) : Tn(a.T), hd(a.hd), H(a.H), bh(int(blockIdx.x)) {
+    const int b = bh / H, h = bh % H;
+    head = size_t(bh) * Tn * hd;
+    q = static_cast<const bf16*>(a.q) + head;
+    k = static_cast<const bf16*>(a.k) + head;
+    v = static_cast<const bf16*>(a.v) + head;
+    dout = a.dout ? static_cast<const bf16*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr;
+  }
+};
+
 template <int HD>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int q0 = blockIdx.y * Tr::kRows;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const TcHead t(a);
+  const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh, b = bh / H, h = bh % H;
+  const bf16 *q = t.q, *k = t.k, *v = t.v;
+  const int q0 = blockIdx.y * Tr::kRows;
   char* base = reinterpret_cast<char*>(smem);
   bf16* Qs = reinterpret_cast<bf16*>(base);                        // [64][kLdH]
   bf16* Ks = reinterpret_cast<bf16*>(base + Tr::kTileBytes);       // [64][kLdH]
@@ -160,10 +198,6 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
   float* Sw = reinterpret_cast<float*>(wbase);                                  // [16][kLdS]
   bf16* Pw = reinterpret_cast<bf16*>(wbase + Tr::kSBytes);                      // [16][kLdP]
   float* Ow = reinterpret_cast<float*>(wbase + Tr::kSBytes + Tr::kPBytes);      // [16][kLdO]
-  const size_t head = size_t(bh) * Tn * hd;
-  const bf16* q = static_cast<const bf16*>(a.q) + head;
-  const bf16* k = static_cast<const bf16*>(a.k) + head;
-  const bf16* v = static_cast<const bf16*>(a.v) + head;
 
   tc::load_tile<HD>(Qs, q, hd, q0, Tn, hd);
   for (int e = lane; e < 16 * Tr::kLdO; e += kWarp) Ow[e] = 0.f;
@@ -253,27 +287,18 @@ template <int HD>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int k0 = blockIdx.y * Tr::kRows;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  char* base = reinterpret_cast<char*>(smem);
-  bf16* Ks = reinterpret_cast<bf16*>(base);                         // [64][kLdH] this block's keys
-  bf16* Vs = reinterpret_cast<bf16*>(base + Tr::kTileBytes);        // [64][kLdH]
-  bf16* Qs = reinterpret_cast<bf16*>(base + 2 * Tr::kTileBytes);    // [64][kLdH] one query tile
-  bf16* dOs = reinterpret_cast<bf16*>(base + 3 * Tr::kTileBytes);   // [64][kLdH]
-  float* lse_s = reinterpret_cast<float*>(base + 4 * Tr::kTileBytes);  // [64]
-  float* D_s = lse_s + Tr::kTile;                                       // [64]
-  char* wbase = base + 4 * Tr::kTileBytes + 2 * Tr::kTile * 4 + warp * (2 * Tr::kSBytes + 2 * Tr::kPBytes);
-  float* Sw = reinterpret_cast<float*>(wbase);                              // [16][kLdS] S^T
-  float* dPw = reinterpret_cast<float*>(wbase + Tr::kSBytes);               // [16][kLdS] dP^T
-  bf16* Pw = reinterpret_cast<bf16*>(wbase + 2 * Tr::kSBytes);              // [16][kLdP] P^T
-  bf16* dSw = reinterpret_cast<bf16*>(wbase + 2 * Tr::kSBytes + Tr::kPBytes);  // [16][kLdP] dS^T
-  const size_t head = size_t(bh) * Tn * hd;
-  const bf16* q = static_cast<const bf16*>(a.q) + head;
-  const bf16* k = static_cast<const bf16*>(a.k) + head;
-  const bf16* v = static_cast<const bf16*>(a.v) + head;
-  const bf16* dout = static_cast<const bf16*>(a.dout) + (size_t(b) * Tn * H + h) * hd;  // row t at t * H * hd
+  const TcHead t(a);
+  const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
+  const size_t head = t.head;
+  const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
+  const int k0 = blockIdx.y * Tr::kRows;
+  const TcBwdSmem<HD> sm(smem, warp);
+  bf16 *Ks = sm.tile[0], *Vs = sm.tile[1];   // this block's keys
+  bf16 *Qs = sm.tile[2], *dOs = sm.tile[3];  // one query tile
+  float *lse_s = sm.lse, *D_s = sm.D;        // of that tile's queries
+  float *Sw = sm.S, *dPw = sm.dP;            // S^T, dP^T
+  bf16 *Pw = sm.P, *dSw = sm.dS;             // P^T, dS^T
 
   tc::load_tile<HD>(Ks, k, hd, k0, Tn, hd);
   tc::load_tile<HD>(Vs, v, hd, k0, Tn, hd);
@@ -334,25 +359,17 @@ template <int HD>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  const int q0 = blockIdx.y * Tr::kRows;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  char* base = reinterpret_cast<char*>(smem);
-  bf16* Qs = reinterpret_cast<bf16*>(base);                         // [64][kLdH] this block's queries
-  bf16* dOs = reinterpret_cast<bf16*>(base + Tr::kTileBytes);       // [64][kLdH]
-  bf16* Ks = reinterpret_cast<bf16*>(base + 2 * Tr::kTileBytes);    // [64][kLdH] one key tile
-  bf16* Vs = reinterpret_cast<bf16*>(base + 3 * Tr::kTileBytes);    // [64][kLdH]
-  char* wbase = base + 4 * Tr::kTileBytes + 2 * Tr::kTile * 4 + warp * (2 * Tr::kSBytes + 2 * Tr::kPBytes);
-  float* Sw = reinterpret_cast<float*>(wbase);                              // [16][kLdS] S
-  float* dPw = reinterpret_cast<float*>(wbase + Tr::kSBytes);               // [16][kLdS] dP
-  bf16* Pw = reinterpret_cast<bf16*>(wbase + 2 * Tr::kSBytes);              // [16][kLdP] P (unused by dQ)
-  bf16* dSw = reinterpret_cast<bf16*>(wbase + 2 * Tr::kSBytes + Tr::kPBytes);  // [16][kLdP] dS
-  const size_t head = size_t(bh) * Tn * hd;
-  const bf16* q = static_cast<const bf16*>(a.q) + head;
-  const bf16* k = static_cast<const bf16*>(a.k) + head;
-  const bf16* v = static_cast<const bf16*>(a.v) + head;
-  const bf16* dout = static_cast<const bf16*>(a.dout) + (size_t(b) * Tn * H + h) * hd;
+  const TcHead t(a);
+  const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
+  const size_t head = t.head;
+  const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
+  const int q0 = blockIdx.y * Tr::kRows;
+  const TcBwdSmem<HD> sm(smem, warp);
+  bf16 *Qs = sm.tile[0], *dOs = sm.tile[1];  // this block's queries
+  bf16 *Ks = sm.tile[2], *Vs = sm.tile[3];   // one key tile
+  float *Sw = sm.S, *dPw = sm.dP;            // S, dP
+  bf16 *Pw = sm.P, *dSw = sm.dS;             // P (unused by dQ), dS
 
   tc::load_tile<HD>(Qs, q, hd, q0, Tn, hd);
   tc::load_tile<HD>(dOs, dout, size_t(H) * hd, q0, Tn, hd);
