@@ -173,7 +173,6 @@ void TransformerStack::backward(Tensor dout, Tensor dx, const std::function<void
     LayerActs& A = acts_[l];
     Tensor res = l == 0 ? x_in_ : rows(A.res, {B, T, D});
     Tensor ln1 = rows(A.ln1, {B, T, D}), ln2 = rows(A.ln2, {B, T, D});
-    Tensor qkv = rows(A.qkv, {B, T, 3 * D});
     Tensor q = rows(A.q, {B, H, T, hd}), k = rows(A.k, {B, H, T, hd}), v = rows(A.v, {B, H, T, hd});
     Tensor stats = rows(A.stats, be_.attention_stats_shape(B, H, T));
     Tensor atty = rows(A.atty, {B, T, D});
