@@ -8,6 +8,10 @@
 //   parameter gradients alike), so a tensor read by several ops gathers all contributions and
 //   gradient accumulation over micro-batches needs no extra pass. Callers zero gradient
 //   buffers when a new backward pass starts. Optional gradient outputs may be empty (skipped).
+//   The ops whose input gradient is usually a fresh buffer (matmul_backward's dinp,
+//   qkv_rotary_backward, attention_backward, gelu_backward) also take Grad::overwrite: they
+//   then write it without reading it (the same bits as adding to zeros), which saves the
+//   schedule a zero pass and a read per buffer. Parameter gradients always accumulate.
 // - Token ids and targets are i32 tensors on the backend's device; target -1 means "ignore".
 // - Layouts: activations are [rows, width] row-major; qkv follows GPT-NeoX: per head,
 //   q | k | v of hd each, i.e. [B, T, H, 3, hd]; q, k, v after the split are [B, H, T, hd].
@@ -27,6 +31,9 @@ namespace bt {
 struct LayerNormOut {
   Tensor out, mean, rstd, w, b;
 };
+
+// How a backward op writes an input gradient: add to it (the convention), or overwrite it.
+enum class Grad { add, overwrite };
 
 struct RotaryParams {
   int rd = 0;           // rotated dims per head (even), rd = int(hd * rotary_pct)
@@ -69,14 +76,17 @@ class Backend {
 
   // ---- linear: out[n, OC] = inp[n, IC] @ W[OC, IC]^T + bias[OC] (bias may be empty) ----------
   virtual void matmul_forward(Tensor out, Tensor inp, Tensor W, Tensor bias) = 0;
-  // dinp [n, IC], dW [OC, IC], dbias [OC]; any may be empty.
-  virtual void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) = 0;
+  // dinp [n, IC], dW [OC, IC], dbias [OC]; any may be empty. `dinp_mode` applies to dinp only.
+  virtual void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W,
+                               Grad dinp_mode = Grad::add) = 0;
 
   // ---- attention ----------------------------------------------------------------------------
   // qkv [B, T, H*3*hd] (NeoX per-head layout) -> q, k, v [B, H, T, hd]; rotary on q and k with
   // positions 0..T-1 on the first rd dims (rotate-half pairing i <-> i + rd/2).
   virtual void qkv_rotary_forward(Tensor q, Tensor k, Tensor v, Tensor qkv, RotaryParams rope) = 0;
-  virtual void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) = 0;
+  // dqkv from dq, dk, dv (any may be empty: no contribution; with overwrite, its part is 0).
+  virtual void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope,
+                                   Grad mode = Grad::add) = 0;
   // What attention_forward keeps for backward, per backend: CPU keeps the probabilities
   // [B, H, T, T]; CUDA keeps the log-sum-exp [B, H, T] (fp32).
   virtual Shape attention_stats_shape(int64_t B, int64_t H, int64_t T) const = 0;
@@ -84,7 +94,7 @@ class Backend {
   // Causal softmax(q k^T / sqrt(hd)) v; out [B, T, H*hd] with heads merged.
   virtual void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) = 0;
   virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats,
-                                  Tensor q, Tensor k, Tensor v) = 0;
+                                  Tensor q, Tensor k, Tensor v, Grad mode = Grad::add) = 0;
 
   // ---- inference with KV caches (infer/) -----------------------------------------------------
   // qkv [B, T, H*3*hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] (rotary at those
@@ -97,7 +107,7 @@ class Backend {
   // ---- pointwise ----------------------------------------------------------------------------
   // Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)).
   virtual void gelu_forward(Tensor out, Tensor x) = 0;
-  virtual void gelu_backward(Tensor dx, Tensor dout, Tensor x) = 0;
+  virtual void gelu_backward(Tensor dx, Tensor dout, Tensor x, Grad mode = Grad::add) = 0;
   // out = a + b + c (parallel residual); c may be empty.
   virtual void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) = 0;
   // The end of a layer and the start of the next, fused where the backend can: out = a + b + c

@@ -40,14 +40,15 @@ class ProfilingBackend final : public Backend {
   void matmul_forward(Tensor out, Tensor inp, Tensor W, Tensor bias) override {
     timed("gemm", [&] { in_.matmul_forward(out, inp, W, bias); });
   }
-  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) override {
-    timed("gemm", [&] { in_.matmul_backward(dinp, dW, dbias, dout, inp, W); });
+  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W,
+                       Grad dinp_mode) override {
+    timed("gemm", [&] { in_.matmul_backward(dinp, dW, dbias, dout, inp, W, dinp_mode); });
   }
   void qkv_rotary_forward(Tensor q, Tensor k, Tensor v, Tensor qkv, RotaryParams rope) override {
     timed("rotary", [&] { in_.qkv_rotary_forward(q, k, v, qkv, rope); });
   }
-  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) override {
-    timed("rotary", [&] { in_.qkv_rotary_backward(dqkv, dq, dk, dv, rope); });
+  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope, Grad mode) override {
+    timed("rotary", [&] { in_.qkv_rotary_backward(dqkv, dq, dk, dv, rope, mode); });
   }
   Shape attention_stats_shape(int64_t B, int64_t H, int64_t T) const override {
     return in_.attention_stats_shape(B, H, T);
@@ -57,8 +58,8 @@ class ProfilingBackend final : public Backend {
     timed("attention", [&] { in_.attention_forward(out, stats, q, k, v); });
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v) override {
-    timed("attention", [&] { in_.attention_backward(dq, dk, dv, dout, out, stats, q, k, v); });
+                          Tensor k, Tensor v, Grad mode) override {
+    timed("attention", [&] { in_.attention_backward(dq, dk, dv, dout, out, stats, q, k, v, mode); });
   }
   void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) override {
     timed("rotary", [&] { in_.qkv_rotary_cache(q, kc, vc, qkv, pos0, rope); });
@@ -67,8 +68,8 @@ class ProfilingBackend final : public Backend {
     timed("attention", [&] { in_.attention_cached(out, q, kc, vc, start, pos0); });
   }
   void gelu_forward(Tensor out, Tensor x) override { timed("pointwise", [&] { in_.gelu_forward(out, x); }); }
-  void gelu_backward(Tensor dx, Tensor dout, Tensor x) override {
-    timed("pointwise", [&] { in_.gelu_backward(dx, dout, x); });
+  void gelu_backward(Tensor dx, Tensor dout, Tensor x, Grad mode) override {
+    timed("pointwise", [&] { in_.gelu_backward(dx, dout, x, mode); });
   }
   void residual_layernorm_forward(Tensor out, Tensor a, Tensor b, Tensor c, const LayerNormOut& ln1,
                                   const LayerNormOut& ln2, double eps) override {

@@ -182,29 +182,21 @@ void TransformerStack::backward(Tensor dout, Tensor dx, const std::function<void
     if (l != 0) be_.zero(dprev);
     be_.accumulate(dprev, dcur);
     // MLP branch
+    // (each fresh buffer's first writer overwrites it: no zero pass)
     Tensor dfg = rows(dfch_gelu_, {B, T, F}), dfch = rows(dfch_, {B, T, F}), dln = rows(dln_, {B, T, D});
-    be_.zero(dfg);
-    be_.matmul_backward(dfg, g.proj_w, g.proj_b, dcur, fg, w.proj_w);
-    be_.zero(dfch);
-    be_.gelu_backward(dfch, dfg, fch);
-    be_.zero(dln);
-    be_.matmul_backward(dln, g.fc_w, g.fc_b, dfch, ln2, w.fc_w);
+    be_.matmul_backward(dfg, g.proj_w, g.proj_b, dcur, fg, w.proj_w, Grad::overwrite);
+    be_.gelu_backward(dfch, dfg, fch, Grad::overwrite);
+    be_.matmul_backward(dln, g.fc_w, g.fc_b, dfch, ln2, w.fc_w, Grad::overwrite);
     be_.layernorm_backward(dprev, g.ln2_w, g.ln2_b, dln, res, w.ln2_w, rows(A.ln2_mean, {B * T}),
                            rows(A.ln2_rstd, {B * T}));
     // Attention branch
     Tensor datty = rows(datty_, {B, T, D});
-    be_.zero(datty);
-    be_.matmul_backward(datty, g.attn_w, g.attn_b, dcur, atty, w.attn_w);
+    be_.matmul_backward(datty, g.attn_w, g.attn_b, dcur, atty, w.attn_w, Grad::overwrite);
     Tensor dq = rows(dq_, {B, H, T, hd}), dk = rows(dk_, {B, H, T, hd}), dv = rows(dv_, {B, H, T, hd});
-    be_.zero(dq);
-    be_.zero(dk);
-    be_.zero(dv);
-    be_.attention_backward(dq, dk, dv, datty, atty, stats, q, k, v);
+    be_.attention_backward(dq, dk, dv, datty, atty, stats, q, k, v, Grad::overwrite);
     Tensor dqkv = rows(dqkv_, {B, T, 3 * D});
-    be_.zero(dqkv);
-    be_.qkv_rotary_backward(dqkv, dq, dk, dv, d_.rope);
-    be_.zero(dln);
-    be_.matmul_backward(dln, g.qkv_w, g.qkv_b, dqkv, ln1, w.qkv_w);
+    be_.qkv_rotary_backward(dqkv, dq, dk, dv, d_.rope, Grad::overwrite);
+    be_.matmul_backward(dln, g.qkv_w, g.qkv_b, dqkv, ln1, w.qkv_w, Grad::overwrite);
     be_.layernorm_backward(dprev, g.ln1_w, g.ln1_b, dln, res, w.ln1_w, rows(A.ln1_mean, {B * T}),
                            rows(A.ln1_rstd, {B * T}));
     if (on_ready) on_ready(g.ln1_w);  // the layer's first tensor: the whole layer is final

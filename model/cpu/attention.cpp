@@ -54,7 +54,7 @@ void qkv_rotary_forward(T* q, T* k, T* v, const T* qkv, size_t B, int Tn, int H,
 template <class T>
 void qkv_rotary_backward(T* dqkv, const T* dq, const T* dk, const T* dv, size_t B, int Tn, int H, int hd, int rd,
                          double base) {
-  // dqkv [B, T, H, 3, hd]; dq, dk, dv [B, H, T, hd]
+  // dqkv [B, T, H, 3, hd] +=; dq, dk, dv [B, H, T, hd] (any may be null: no contribution)
   if (dqkv == nullptr) return;
   check_rotary(hd, rd);
   std::vector<T> cos_t, sin_t;
@@ -71,7 +71,9 @@ void qkv_rotary_backward(T* dqkv, const T* dq, const T* dk, const T* dv, size_t 
       T* dst = dqkv + (r * H + h) * 3 * hd;
       const size_t src = ((b * H + h) * Tn + t) * hd;
       for (int which = 0; which < 2; ++which) {
-        const T* g = (which == 0 ? dq : dk) + src;
+        const T* gw = which == 0 ? dq : dk;
+        if (gw == nullptr) continue;  // no contribution
+        const T* g = gw + src;
         T* o = dst + which * hd;
         // The transpose of the rotation: rotate by -angle.
         for (int i = 0; i < half; ++i) {
@@ -80,6 +82,7 @@ void qkv_rotary_backward(T* dqkv, const T* dq, const T* dk, const T* dv, size_t 
         }
         for (int i = rd; i < hd; ++i) o[i] += g[i];
       }
+      if (dv == nullptr) continue;
       const T* gv = dv + src;
       T* ov = dst + 2 * hd;
       for (int i = 0; i < hd; ++i) ov[i] += gv[i];

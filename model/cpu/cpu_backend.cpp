@@ -33,7 +33,9 @@ class CpuBackend final : public Backend {
     allocated_ += rounded;
     return Tensor(p, s, t, Device::cpu);
   }
-  void zero(Tensor t) override { std::memset(t.data, 0, t.bytes()); }
+  void zero(Tensor t) override {
+    if (!t.empty() && t.bytes() > 0) std::memset(t.data, 0, t.bytes());
+  }
   void upload(Tensor dst, const void* host, DType host_t) override { convert_dtype(dst.data, dst.dtype, host, host_t, dst.numel()); }
   void download(void* host, DType host_t, Tensor src) override { convert_dtype(host, host_t, src.data, src.dtype, src.numel()); }
   void synchronize() override {}
@@ -69,7 +71,10 @@ class CpuBackend final : public Backend {
              inp.shape.str(), " W ", W.shape.str(), " out ", out.shape.str());
     cpu::matmul_forward(p(out), p(inp), p(W), p(bias), inp.rows(), IC, OC);
   }
-  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) override {
+  // Grad::overwrite on the CPU: zero the output, then the accumulating op (memory is cheap here).
+  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W,
+                       Grad dinp_mode) override {
+    if (dinp_mode == Grad::overwrite) zero(dinp);
     const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
     BT_CHECK(dout.dim(-1) == OC && dout.rows() == inp.rows(), "matmul_backward: dout ", dout.shape.str(), " W ",
              W.shape.str());
@@ -81,8 +86,11 @@ class CpuBackend final : public Backend {
     BT_CHECK(qkv.numel() == 3 * q.numel(), "qkv_rotary_forward: qkv ", qkv.shape.str(), " q ", q.shape.str());
     cpu::qkv_rotary_forward(p(q), p(k), p(v), p(qkv), B, (int)Tn, (int)H, (int)hd, rope.rd, rope.base);
   }
-  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) override {
-    const auto B = dq.dim(0), H = dq.dim(1), Tn = dq.dim(2), hd = dq.dim(3);
+  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope, Grad mode) override {
+    if (mode == Grad::overwrite) zero(dqkv);
+    const Tensor& ref = !dq.empty() ? dq : (!dk.empty() ? dk : dv);
+    if (ref.empty()) return;
+    const auto B = ref.dim(0), H = ref.dim(1), Tn = ref.dim(2), hd = ref.dim(3);
     cpu::qkv_rotary_backward(p(dqkv), p(dq), p(dk), p(dv), B, (int)Tn, (int)H, (int)hd, rope.rd, rope.base);
   }
   Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn, Tn}; }
@@ -93,7 +101,9 @@ class CpuBackend final : public Backend {
     cpu::attention_forward(p(out), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v) override {
+                          Tensor k, Tensor v, Grad mode) override {
+    if (mode == Grad::overwrite)
+      for (const Tensor& t : {dq, dk, dv}) zero(t);
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
     cpu::attention_backward(p(dq), p(dk), p(dv), p(dout), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
   }
@@ -118,7 +128,10 @@ class CpuBackend final : public Backend {
   }
 
   void gelu_forward(Tensor out, Tensor x) override { cpu::gelu_forward(p(out), p(x), x.numel()); }
-  void gelu_backward(Tensor dx, Tensor dout, Tensor x) override { cpu::gelu_backward(p(dx), p(dout), p(x), x.numel()); }
+  void gelu_backward(Tensor dx, Tensor dout, Tensor x, Grad mode) override {
+    if (mode == Grad::overwrite) zero(dx);
+    cpu::gelu_backward(p(dx), p(dout), p(x), x.numel());
+  }
   void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) override {
     BT_CHECK(a.numel() == out.numel() && b.numel() == out.numel() && (c.empty() || c.numel() == out.numel()),
              "add_forward: shapes");

@@ -148,7 +148,7 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
 
 void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* out, const float* lse,
                         const void* q, const void* k, const void* v, int B, int H, int T, int hd, DType t,
-                        Scratch& scratch, cudaStream_t stream) {
+                        bool overwrite, Scratch& scratch, cudaStream_t stream) {
   if (size_t(B) * H * T * hd == 0 || (!dq && !dk && !dv)) return;
   AttnArgs a;
   a.q = q;
@@ -164,6 +164,7 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dout, const vo
   a.T = T;
   a.hd = hd;
   a.scale = float(1.0 / std::sqrt(double(hd)));
+  a.overwrite = overwrite;
   if (T <= kSmallMaxT) {
     small_attention_backward(a, t, stream);
     return;

@@ -17,14 +17,15 @@ struct AttnArgs {
   void* out = nullptr;
   float* lse = nullptr;
   // backward: dout [B, T, H * hd], Dv [B, H, T] f32 = rowsum(dout * out) (flash only),
-  // dq, dk, dv [B, H, T, hd] accumulated (+=), any may be null
+  // dq, dk, dv [B, H, T, hd] accumulated (+=) or overwritten, any may be null
   const void* dout = nullptr;
   const float* Dv = nullptr;
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
   int B = 0, H = 0, T = 0, hd = 0;
-  float scale = 1.f;  // 1 / sqrt(hd)
+  float scale = 1.f;       // 1 / sqrt(hd)
+  bool overwrite = false;  // backward: dq, dk, dv = ... instead of +=
 };
 
 // T <= kSmallMaxT: one warp per (b, h) (attention_small.cu).

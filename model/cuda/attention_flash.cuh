@@ -225,8 +225,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
     for (int i = 0; i < Tr::kPerLane; ++i) {
       const int d = lane + kWarp * i;
       if (d >= hd) continue;
-      if (dK) dK[row + d] = from_f<T>(to_f(dK[row + d]) + dk[r][i]);
-      if (dV) dV[row + d] = from_f<T>(to_f(dV[row + d]) + dv[r][i]);
+      if (dK) put_grad(dK[row + d], dk[r][i], a.overwrite);
+      if (dV) put_grad(dV[row + d], dv[r][i], a.overwrite);
     }
   }
 }
@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_k
 #pragma unroll
     for (int i = 0; i < Tr::kPerLane; ++i) {
       const int d = lane + kWarp * i;
-      if (d < hd) dQ[row + d] = from_f<T>(to_f(dQ[row + d]) + dq[r][i]);
+      if (d < hd) put_grad(dQ[row + d], dq[r][i], a.overwrite);
     }
   }
 }

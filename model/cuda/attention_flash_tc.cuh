@@ -131,15 +131,15 @@ __device__ __forceinline__ void probs_times_tile(FragC* acc, const bf16* p, cons
   }
 }
 
-// dst[row r] += staged fp32 rows (16 x HD at stage, ld kLdO) for the rows r < valid, dims < hd;
-// two lanes per row.
+// dst[row r] += (or =) staged fp32 rows (16 x HD at stage, ld kLdO) for the rows r < valid,
+// dims < hd; two lanes per row.
 template <int HD>
-__device__ __forceinline__ void add_rows(bf16* dst, size_t stride, const float* stage, int valid, int hd, int lane) {
+__device__ __forceinline__ void add_rows(bf16* dst, size_t stride, const float* stage, int valid, int hd, int lane,
+                                         bool overwrite) {
   using Tr = TcTraits<HD>;
   const int r = lane >> 1;
   if (r >= valid) return;
-  for (int d = (lane & 1); d < hd; d += 2)
-    dst[size_t(r) * stride + d] = __float2bfloat16_rn(__bfloat162float(dst[size_t(r) * stride + d]) + stage[r * Tr::kLdO + d]);
+  for (int d = (lane & 1); d < hd; d += 2) put_grad(dst[size_t(r) * stride + d], stage[r * Tr::kLdO + d], overwrite);
 }
 
 }  // namespace tc
@@ -344,14 +344,14 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
 #pragma unroll
     for (int dn = 0; dn < HD / 16; ++dn) wmma::store_matrix_sync(stage + dn * 16, dK[dn], Tr::kLdO, wmma::mem_row_major);
     __syncwarp();
-    tc::add_rows<HD>(static_cast<bf16*>(a.dk) + head + size_t(kw0) * hd, hd, stage, valid, hd, lane);
+    tc::add_rows<HD>(static_cast<bf16*>(a.dk) + head + size_t(kw0) * hd, hd, stage, valid, hd, lane, a.overwrite);
     __syncwarp();
   }
   if (a.dv) {
 #pragma unroll
     for (int dn = 0; dn < HD / 16; ++dn) wmma::store_matrix_sync(stage + dn * 16, dV[dn], Tr::kLdO, wmma::mem_row_major);
     __syncwarp();
-    tc::add_rows<HD>(static_cast<bf16*>(a.dv) + head + size_t(kw0) * hd, hd, stage, valid, hd, lane);
+    tc::add_rows<HD>(static_cast<bf16*>(a.dv) + head + size_t(kw0) * hd, hd, stage, valid, hd, lane, a.overwrite);
   }
 }
 
@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_k
 #pragma unroll
   for (int dn = 0; dn < HD / 16; ++dn) wmma::store_matrix_sync(stage + dn * 16, dQ[dn], Tr::kLdO, wmma::mem_row_major);
   __syncwarp();
-  tc::add_rows<HD>(static_cast<bf16*>(a.dq) + head + size_t(qw0) * hd, hd, stage, min(16, Tn - qw0), hd, lane);
+  tc::add_rows<HD>(static_cast<bf16*>(a.dq) + head + size_t(qw0) * hd, hd, stage, min(16, Tn - qw0), hd, lane, a.overwrite);
 }
 
 template <int HD>

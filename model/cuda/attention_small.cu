@@ -119,7 +119,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
       const int i = e / hd, d = e % hd;
       float s = 0.f;
       for (int j = 0; j <= i; ++j) s += dss[i * kWarp + j] * ks[j * st + d];
-      dq[e] = from_f<T>(to_f(dq[e]) + s);
+      put_grad(dq[e], s, a.overwrite);
     }
   }
   if (a.dk) {
@@ -128,7 +128,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
       const int j = e / hd, d = e % hd;
       float s = 0.f;
       for (int i = j; i < Tn; ++i) s += dss[i * kWarp + j] * qs[i * st + d];
-      dk[e] = from_f<T>(to_f(dk[e]) + s);
+      put_grad(dk[e], s, a.overwrite);
     }
   }
   if (a.dv) {
@@ -137,7 +137,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
       const int j = e / hd, d = e % hd;
       float s = 0.f;
       for (int i = j; i < Tn; ++i) s += ps[i * kWarp + j] * gs[i * st + d];
-      dv[e] = from_f<T>(to_f(dv[e]) + s);
+      put_grad(dv[e], s, a.overwrite);
     }
   }
 }

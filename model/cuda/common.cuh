@@ -45,6 +45,14 @@ template <class T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// The two ways backward ops write an input gradient (model/backend.h, Grad): add v to it, or
+// overwrite it with v (never reading the old contents). Overwriting gives the bits that adding
+// to a zeroed buffer gives.
+template <class T>
+__device__ __forceinline__ void put_grad(T& dst, float v, bool overwrite) {
+  dst = from_f<T>(overwrite ? v : to_f(dst) + v);
+}
+
 // Butterfly reductions: every lane ends with the same value, combined in a fixed order.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

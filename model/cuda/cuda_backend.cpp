@@ -230,7 +230,8 @@ class CudaBackend final : public Backend {
     cuda::matmul_forward(*gemm_, dev(out, "matmul_forward"), dev(inp, "matmul_forward"), dev(W, "matmul_forward"),
                          opt(bias), inp.rows(), IC, OC, act_, stream_);
   }
-  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W) override {
+  void matmul_backward(Tensor dinp, Tensor dW, Tensor dbias, Tensor dout, Tensor inp, Tensor W,
+                       Grad dinp_mode) override {
     const int OC = static_cast<int>(W.dim(0)), IC = static_cast<int>(W.dim(1));
     BT_CHECK(dout.dim(-1) == OC && dout.rows() == inp.rows() && inp.dim(-1) == IC &&
                  (dinp.empty() || dinp.numel() == inp.numel()) && (dW.empty() || dW.numel() == W.numel()) &&
@@ -244,7 +245,7 @@ class CudaBackend final : public Backend {
     act(W, "matmul_backward W");
     cuda::matmul_backward(*gemm_, opt(dinp), static_cast<float*>(opt(dW)), static_cast<float*>(opt(dbias)),
                           dev(dout, "matmul_backward"), dev(inp, "matmul_backward"), dev(W, "matmul_backward"),
-                          inp.rows(), IC, OC, act_, scratch_, stream_);
+                          inp.rows(), IC, OC, act_, dinp_mode == Grad::overwrite, scratch_, stream_);
   }
 
   // ---- attention ------------------------------------------------------------------------------
@@ -258,10 +259,13 @@ class CudaBackend final : public Backend {
                              dev(v, "qkv_rotary_forward"), dev(qkv, "qkv_rotary_forward"), int(B), int(Tn), int(H),
                              int(hd), rope.rd, r.cos, r.sin, act_, stream_);
   }
-  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope) override {
+  void qkv_rotary_backward(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, RotaryParams rope, Grad mode) override {
     if (dqkv.empty()) return;
     const Tensor& ref = !dq.empty() ? dq : (!dk.empty() ? dk : dv);
-    if (ref.empty()) return;
+    if (ref.empty()) {  // no contributions: overwriting leaves zeros
+      if (mode == Grad::overwrite) zero(dqkv);
+      return;
+    }
     const auto B = ref.dim(0), H = ref.dim(1), Tn = ref.dim(2), hd = ref.dim(3);
     BT_CHECK(ref.shape.ndim == 4 && dqkv.numel() == 3 * ref.numel(), "qkv_rotary_backward: dqkv ",
              dqkv.shape.str(), " dq ", ref.shape.str());
@@ -273,7 +277,7 @@ class CudaBackend final : public Backend {
       }
     const Rope r = rope_table(rope, int(hd), Tn);
     cuda::qkv_rotary_backward(dev(dqkv, "qkv_rotary_backward"), opt(dq), opt(dk), opt(dv), int(B), int(Tn), int(H), int(hd), rope.rd,
-                              r.cos, r.sin, act_, stream_);
+                              r.cos, r.sin, act_, mode == Grad::overwrite, stream_);
   }
   Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn}; }
   DType attention_stats_dtype() const override { return DType::f32; }
@@ -289,7 +293,7 @@ class CudaBackend final : public Backend {
                             int(Tn), int(hd), act_, stream_);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v) override {
+                          Tensor k, Tensor v, Grad mode) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
     BT_CHECK(q.shape.ndim == 4 && dout.numel() == q.numel() && out.numel() == q.numel() &&
                  stats.numel() == size_t(B * H * Tn) && (dq.empty() || dq.numel() == q.numel()) &&
@@ -301,7 +305,8 @@ class CudaBackend final : public Backend {
     f32(stats, "attention_backward stats");
     for (const Tensor* t : {&dout, &out, &stats, &q, &k, &v}) dev(*t, "attention_backward");
     cuda::attention_backward(opt(dq), opt(dk), opt(dv), dout.data, out.data, static_cast<const float*>(stats.data),
-                             q.data, k.data, v.data, int(B), int(H), int(Tn), int(hd), act_, scratch_, stream_);
+                             q.data, k.data, v.data, int(B), int(H), int(Tn), int(hd), act_,
+                             mode == Grad::overwrite, scratch_, stream_);
   }
 
   // ---- inference ------------------------------------------------------------------------------
@@ -338,12 +343,12 @@ class CudaBackend final : public Backend {
     act(x, "gelu_forward");
     cuda::gelu_forward(dev(out, "gelu_forward"), dev(x, "gelu_forward"), x.numel(), act_, stream_);
   }
-  void gelu_backward(Tensor dx, Tensor dout, Tensor x) override {
+  void gelu_backward(Tensor dx, Tensor dout, Tensor x, Grad mode) override {
     if (dx.empty()) return;
     BT_CHECK(dx.numel() == x.numel() && dout.numel() == x.numel(), "gelu_backward: shapes");
     for (const Tensor* t : {&dx, &dout, &x}) act(*t, "gelu_backward");
     cuda::gelu_backward(dev(dx, "gelu_backward"), dev(dout, "gelu_backward"), dev(x, "gelu_backward"), x.numel(),
-                        act_, stream_);
+                        act_, mode == Grad::overwrite, stream_);
   }
   void add_forward(Tensor out, Tensor a, Tensor b, Tensor c) override {
     BT_CHECK(a.numel() == out.numel() && b.numel() == out.numel() && (c.empty() || c.numel() == out.numel()),

@@ -46,9 +46,11 @@ void layernorm_backward(void* dx, float* dw, float* db, const void* dout, const 
 // out [n, OC] = inp [n, IC] @ W [OC, IC]^T + bias [OC] (bias may be null)
 void matmul_forward(Gemm& gemm, void* out, const void* inp, const void* W, const void* bias, size_t n, int IC, int OC,
                     DType t, cudaStream_t stream);
-// dinp [n, IC] += dout @ W; dW [OC, IC] f32 += dout^T @ inp; dbias [OC] f32 += column sums of dout
+// dinp [n, IC] += dout @ W (= with overwrite_dinp); dW [OC, IC] f32 += dout^T @ inp; dbias [OC]
+// f32 += column sums of dout
 void matmul_backward(Gemm& gemm, void* dinp, float* dW, float* dbias, const void* dout, const void* inp,
-                     const void* W, size_t n, int IC, int OC, DType t, Scratch& scratch, cudaStream_t stream);
+                     const void* W, size_t n, int IC, int OC, DType t, bool overwrite_dinp, Scratch& scratch,
+                     cudaStream_t stream);
 
 // ---- rotary.cu ---------------------------------------------------------------------------------
 // cos_t, sin_t [P, rd/2] f32 tables for positions 0..P-1 (computed on the host in double, as the
@@ -56,9 +58,11 @@ void matmul_backward(Gemm& gemm, void* dinp, float* dW, float* dbias, const void
 // qkv [B, T, H, 3, hd] -> q, k, v [B, H, T, hd], rotary at positions 0..T-1 on q and k.
 void qkv_rotary_forward(void* q, void* k, void* v, const void* qkv, int B, int T, int H, int hd, int rd,
                         const float* cos_t, const float* sin_t, DType t, cudaStream_t stream);
-// dqkv [B, T, H, 3, hd] += the transpose of the above applied to dq, dk, dv (any may be null).
+// dqkv [B, T, H, 3, hd] += (or =, overwrite) the transpose of the above applied to dq, dk, dv
+// (any may be null: no contribution; overwritten parts of a null one become 0).
 void qkv_rotary_backward(void* dqkv, const void* dq, const void* dk, const void* dv, int B, int T, int H, int hd,
-                         int rd, const float* cos_t, const float* sin_t, DType t, cudaStream_t stream);
+                         int rd, const float* cos_t, const float* sin_t, DType t, bool overwrite,
+                         cudaStream_t stream);
 // qkv [B, T, H, 3, hd] at positions pos0.. -> q [B, H, T, hd] (rotary), kc, vc [B, H, Tmax, hd]
 // written at pos0 .. pos0 + T - 1 (rotary on k).
 void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T, int H, int hd, int rd,
@@ -71,10 +75,10 @@ void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T
 // online softmax (flash), hd <= 128.
 void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int H, int T,
                        int hd, DType t, cudaStream_t stream);
-// dq, dk, dv [B, H, T, hd] += ...; recomputes the probabilities from q, k and lse.
+// dq, dk, dv [B, H, T, hd] += (or =, overwrite) ...; recomputes the probabilities from q, k and lse.
 void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* out, const float* lse,
                         const void* q, const void* k, const void* v, int B, int H, int T, int hd, DType t,
-                        Scratch& scratch, cudaStream_t stream);
+                        bool overwrite, Scratch& scratch, cudaStream_t stream);
 // out [B, T, H * hd]: query t (position pos0 + t) over cache positions start[b] .. pos0 + t.
 // start [B] i32 or null (0). kc, vc [B, H, Tmax, hd].
 void attention_cached(void* out, const void* q, const void* kc, const void* vc, const int32_t* start, int B, int H,
@@ -84,7 +88,8 @@ void attention_setup(int device);
 
 // ---- pointwise.cu ------------------------------------------------------------------------------
 void gelu_forward(void* out, const void* x, size_t n, DType t, cudaStream_t stream);               // out [n]
-void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t, cudaStream_t stream);  // dx += ..
+// dx += (or =, overwrite) dout * gelu'(x)
+void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t, bool overwrite, cudaStream_t stream);
 // out = a + b (+ c when not null), all [n]
 void add_forward(void* out, const void* a, const void* b, const void* c, size_t n, DType t, cudaStream_t stream);
 // dst [n] += src [n]; each f32 or bf16

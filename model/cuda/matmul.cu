@@ -76,7 +76,8 @@ void matmul_forward(Gemm& gemm, void* out, const void* inp, const void* W, const
 }
 
 void matmul_backward(Gemm& gemm, void* dinp, float* dW, float* dbias, const void* dout, const void* inp,
-                     const void* W, size_t n, int IC, int OC, DType t, Scratch& scratch, cudaStream_t stream) {
+                     const void* W, size_t n, int IC, int OC, DType t, bool overwrite_dinp, Scratch& scratch,
+                     cudaStream_t stream) {
   if (n == 0) return;
   const int rows = checked_int(n, "rows");
   if (dinp) {
@@ -94,7 +95,7 @@ void matmul_backward(Gemm& gemm, void* dinp, float* dW, float* dbias, const void
     g.ldd = IC;
     g.ab = t;
     g.d = t;
-    g.beta = 1.f;
+    g.beta = overwrite_dinp ? 0.f : 1.f;  // beta 0 never reads dinp
     gemm.run(g, stream);
   }
   if (dW) {

@@ -19,12 +19,12 @@ __global__ void gelu_forward_kernel(T* out, const T* x, size_t n) {
 }
 
 template <class T>
-__global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, size_t n) {
+__global__ void gelu_backward_kernel(T* dx, const T* dout, const T* x, size_t n, bool overwrite) {
   BT_GRID_STRIDE(i, n) {
     const float xi = to_f(x[i]);
     const float cdf = 0.5f * (1.f + erff(xi * 0.70710678118654752f));
     const float pdf = 0.39894228040143268f * expf(-0.5f * xi * xi);  // 1/sqrt(2 pi) exp(-x^2/2)
-    dx[i] = from_f<T>(to_f(dx[i]) + to_f(dout[i]) * (cdf + xi * pdf));
+    put_grad(dx[i], to_f(dout[i]) * (cdf + xi * pdf), overwrite);
   }
 }
 
@@ -54,11 +54,11 @@ void gelu_forward(void* out, const void* x, size_t n, DType t, cudaStream_t stre
   BT_KERNEL_CHECK("gelu_forward_kernel");
 }
 
-void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t, cudaStream_t stream) {
+void gelu_backward(void* dx, const void* dout, const void* x, size_t n, DType t, bool overwrite, cudaStream_t stream) {
   if (n == 0 || !dx) return;
   BT_DISPATCH_ACT(t, T,
                   BT_LAUNCH(elementwise_grid(n), 256, 0, stream, gelu_backward_kernel<T>)(
-                      static_cast<T*>(dx), static_cast<const T*>(dout), static_cast<const T*>(x), n));
+                      static_cast<T*>(dx), static_cast<const T*>(dout), static_cast<const T*>(x), n, overwrite));
   BT_KERNEL_CHECK("gelu_backward_kernel");
 }
 

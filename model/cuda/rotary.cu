@@ -71,8 +71,8 @@ __global__ void qkv_rotary_forward_kernel(T* q, T* k, T* v, const T* qkv, RopeDi
 
 template <class T>
 __global__ void qkv_rotary_backward_kernel(T* dqkv, const T* dq, const T* dk, const T* dv, RopeDims p,
-                                           const float* cos_t, const float* sin_t) {
-  // dqkv [B, T, H, 3, hd] += ...; dq, dk, dv [B, H, T, hd] (null: no contribution)
+                                           const float* cos_t, const float* sin_t, bool overwrite) {
+  // dqkv [B, T, H, 3, hd] += (or =) ...; dq, dk, dv [B, H, T, hd] (null: no contribution)
   const size_t total = size_t(p.B) * p.T * p.H * p.hd;
   const int half = p.rd / 2;
   for (size_t e = blockIdx.x * size_t(blockDim.x) + threadIdx.x; e < total; e += size_t(gridDim.x) * blockDim.x) {
@@ -84,9 +84,10 @@ __global__ void qkv_rotary_backward_kernel(T* dqkv, const T* dq, const T* dk, co
     const size_t b = bt / p.T;
     T* dst = dqkv + r * 3 * p.hd;
     const size_t head = ((b * p.H + h) * p.T + t) * p.hd;  // start of the (b, h, t) row
-    if (dq) dst[d] = from_f<T>(to_f(dst[d]) + unrotate(dq + head, d, half, p.rd, cos_t, sin_t, t));
-    if (dk) dst[p.hd + d] = from_f<T>(to_f(dst[p.hd + d]) + unrotate(dk + head, d, half, p.rd, cos_t, sin_t, t));
-    if (dv) dst[2 * p.hd + d] = from_f<T>(to_f(dst[2 * p.hd + d]) + to_f(dv[head + d]));
+    if (dq || overwrite) put_grad(dst[d], dq ? unrotate(dq + head, d, half, p.rd, cos_t, sin_t, t) : 0.f, overwrite);
+    if (dk || overwrite)
+      put_grad(dst[p.hd + d], dk ? unrotate(dk + head, d, half, p.rd, cos_t, sin_t, t) : 0.f, overwrite);
+    if (dv || overwrite) put_grad(dst[2 * p.hd + d], dv ? to_f(dv[head + d]) : 0.f, overwrite);
   }
 }
 
@@ -127,14 +128,15 @@ void qkv_rotary_forward(void* q, void* k, void* v, const void* qkv, int B, int T
 }
 
 void qkv_rotary_backward(void* dqkv, const void* dq, const void* dk, const void* dv, int B, int T, int H, int hd,
-                         int rd, const float* cos_t, const float* sin_t, DType t, cudaStream_t stream) {
+                         int rd, const float* cos_t, const float* sin_t, DType t, bool overwrite,
+                         cudaStream_t stream) {
   const size_t total = size_t(B) * T * H * hd;
   if (total == 0 || !dqkv) return;
   const RopeDims p{B, T, H, hd, rd};
   BT_DISPATCH_ACT(t, X,
                   BT_LAUNCH(elementwise_grid(total), 256, 0, stream, qkv_rotary_backward_kernel<X>)(
                       static_cast<X*>(dqkv), static_cast<const X*>(dq), static_cast<const X*>(dk),
-                      static_cast<const X*>(dv), p, cos_t, sin_t));
+                      static_cast<const X*>(dv), p, cos_t, sin_t, overwrite));
   BT_KERNEL_CHECK("qkv_rotary_backward_kernel");
 }
 

@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/unit/grad_modes.h"
 
 using namespace bt;
 using namespace bt::gputest;
@@ -208,6 +209,13 @@ TEST_P(CudaOps, ResidualLayerNorm) {
           compare(i ? fused.r2 : fused.r1, i ? ref.r2 : ref.r1, tol({1e-5, 1e-6}, {k2m8, 0}), "rstd" + which);
         }
       }
+}
+
+// Grad::overwrite writes fresh input gradients without reading them: the same bits as adding to
+// zeros (matmul dinp via beta = 0, GELU, rotary, short-row, flash and tensor-core attention).
+TEST_P(CudaOps, OverwriteModeEqualsAddingToZeros) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  bt::testing_grad_modes::check_overwrite_equals_add_to_zeros(*gpu_, act(), m_.precision);
 }
 
 // ---- linear ---------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/cpu/cpu_backend.h"
 #include "model/cpu/ops.h"
+#include "tests/unit/grad_modes.h"
 
 namespace {
 
@@ -893,6 +895,14 @@ TEST(CpuOps, ResultsIndependentOfThreadCount) {
   const FVec ref = run(1);
   EXPECT_TRUE(bitwise_equal(ref, run(2)));
   EXPECT_TRUE(bitwise_equal(ref, run(3)));
+}
+
+// Grad::overwrite (the backend's zero-free mode for fresh input gradients) equals adding to zeros.
+TEST(CpuOps, OverwriteModeEqualsAddingToZeros) {
+  for (bt::DType t : {bt::DType::f32, bt::DType::f64}) {
+    auto be = bt::make_cpu_backend(t);
+    bt::testing_grad_modes::check_overwrite_equals_add_to_zeros(*be, t, bt::dtype_name(t));
+  }
 }
 
 }  // namespace
