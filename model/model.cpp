@@ -19,14 +19,19 @@ void LossStats::add(const LossStats& o) {
   }
 }
 
-Model::Model(const ModelConfig& cfg, Backend& be, int max_batch)
+Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts)
     : cfg_(cfg), be_(be), table_(cfg), max_B_(max_batch) {
   BT_CHECK(max_batch >= 0, "model: micro batch must be >= 1 (or 0 for an inference-only model)");
-  params_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.act_dtype());
-  be_.zero(params_);
+  const int64_t total = static_cast<int64_t>(table_.total());
+  const int64_t padded =
+      shard_parts > 1 ? static_cast<int64_t>(flat_chunk(table_.total(), shard_parts)) * shard_parts : total;
+  params_full_ = be_.alloc({padded}, be_.act_dtype());
+  be_.zero(params_full_);
+  params_ = Tensor(params_full_.data, {total}, params_full_.dtype, params_full_.device);
   if (max_batch == 0) return;  // inference only (infer/): parameters, no gradients or activations
-  grads_ = be_.alloc({static_cast<int64_t>(table_.total())}, be_.grad_dtype());
-  be_.zero(grads_);
+  grads_full_ = be_.alloc({padded}, be_.grad_dtype());
+  be_.zero(grads_full_);
+  grads_ = Tensor(grads_full_.data, {total}, grads_full_.dtype, grads_full_.device);
   const int64_t B = max_batch, L = cfg.context_length, V = cfg.vocab_size;
   const DType a = be_.act_dtype();
   tokens_ = be_.alloc({B, L}, DType::i32);

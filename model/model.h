@@ -25,12 +25,16 @@ class Model {
  public:
   // max_batch: the largest micro-batch (sequences of context_length tokens) forward will see;
   // 0 makes an inference-only model (parameters only, for infer/'s cached decoding).
-  Model(const ModelConfig& cfg, Backend& be, int max_batch);
+  // shard_parts > 1 pads the flat buffers to shard_parts x flat_chunk(total, shard_parts)
+  // (zeros) for ZeRO-1's in-place collectives (params_padded, grads_padded).
+  Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts = 1);
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }
   Backend& backend() { return be_; }
   Tensor params() const { return params_; }  // [total] act dtype
   Tensor grads() const { return grads_; }    // [total] grad dtype
+  Tensor params_padded() const { return params_full_; }  // [shard_parts x chunk] act dtype
+  Tensor grads_padded() const { return grads_full_; }    // [shard_parts x chunk] grad dtype
   Tensor param(const std::string& name) const { return param_view(table_, params_, name); }
   Tensor grad(const std::string& name) const { return param_view(table_, grads_, name); }
 
@@ -69,7 +73,8 @@ class Model {
   int max_B_;
   int last_B_ = 0;
   bool have_grad_ = false;
-  Tensor params_, grads_;
+  Tensor params_, grads_;            // [total] views of:
+  Tensor params_full_, grads_full_;  // the allocations, padded for ZeRO-1
   std::unique_ptr<TransformerStack> block_dec_, token_dec_, dec_;
 
   // inputs

@@ -47,6 +47,14 @@ class ParamTable {
   size_t total_ = 0;
 };
 
+// ZeRO-1's slice of a flat buffer of `total` elements over `parts` ranks: equal chunks of a
+// multiple of 16 elements; the flat buffers are allocated to parts x chunk so that the
+// collectives work in place.
+inline size_t flat_chunk(size_t total, int parts) {
+  const size_t p = parts > 0 ? static_cast<size_t>(parts) : 1;
+  return ((total + p - 1) / p + 15) / 16 * 16;
+}
+
 // Whether AdamW decays this parameter: `all` (the paper) or `matrices` (2-D weights only).
 bool param_decays(const ParamInfo& p, const std::string& decay_mode);
 

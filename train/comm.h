@@ -21,9 +21,10 @@ class Communicator {
   virtual int local_rank() const = 0;
   // In place over a tensor on the communicator's device (f32, f64 or bf16).
   virtual void all_reduce(Tensor t, ReduceOp op) = 0;
-  // in [world * n] -> out [n]: rank r receives the reduced chunk r.
+  // in [world * n] -> out [n]: rank r receives the reduced chunk r. In place when out is in's
+  // chunk r (in's other chunks are then left in any state).
   virtual void reduce_scatter(Tensor out, Tensor in, ReduceOp op) = 0;
-  // in [n] -> out [world * n]
+  // in [n] -> out [world * n]. In place when in is out's chunk r.
   virtual void all_gather(Tensor out, Tensor in) = 0;
   virtual void broadcast(Tensor t, int root) = 0;
   virtual void barrier() = 0;

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
@@ -93,15 +94,23 @@ class MpiComm final : public Communicator {
     check_host(out);
     check_host(in);
     BT_CHECK(in.numel() == out.numel() * static_cast<size_t>(world_), "reduce_scatter: in must be world x out");
-    BT_MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, static_cast<int>(out.numel()), mpi_type(in.dtype),
-                                          MPI_SUM, MPI_COMM_WORLD));
+    if (out.data == static_cast<char*>(in.data) + size_t(rank_) * out.bytes()) {
+      // In place: MPI's in-place form leaves the result at the start of the buffer.
+      BT_MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, in.data, static_cast<int>(out.numel()),
+                                            mpi_type(in.dtype), MPI_SUM, MPI_COMM_WORLD));
+      if (rank_ != 0) std::memmove(out.data, in.data, out.bytes());
+    } else {
+      BT_MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, static_cast<int>(out.numel()), mpi_type(in.dtype),
+                                            MPI_SUM, MPI_COMM_WORLD));
+    }
     if (op == ReduceOp::avg) divide_any(out, world_);
   }
   void all_gather(Tensor out, Tensor in) override {
     check_host(out);
     check_host(in);
     BT_CHECK(out.numel() == in.numel() * static_cast<size_t>(world_), "all_gather: out must be world x in");
-    BT_MPI_CHECK(MPI_Allgather(in.data, static_cast<int>(in.bytes()), MPI_BYTE, out.data,
+    const bool in_place = in.data == static_cast<char*>(out.data) + size_t(rank_) * in.bytes();
+    BT_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : in.data, static_cast<int>(in.bytes()), MPI_BYTE, out.data,
                                static_cast<int>(in.bytes()), MPI_BYTE, MPI_COMM_WORLD));
   }
   void broadcast(Tensor t, int root) override {

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "model/params.h"
+
 namespace bt {
 
 Tensor flat_slice(Tensor flat, size_t offset, size_t n) {
@@ -39,41 +41,28 @@ void GradReducer::finish() {
   next_ = 0;
 }
 
-ZeroShard::ZeroShard(Backend& be, Communicator& comm, size_t total) : be_(be), comm_(comm), total_(total) {
-  const size_t world = static_cast<size_t>(comm.world());
-  chunk_ = ((total + world - 1) / world + 15) / 16 * 16;
+ZeroShard::ZeroShard(Communicator& comm, size_t total) : comm_(comm), total_(total) {
+  chunk_ = flat_chunk(total, comm.world());
   begin_ = std::min(total, chunk_ * static_cast<size_t>(comm.rank()));
   end_ = std::min(total, begin_ + chunk_);
-  BT_CHECK(begin_ < end_, "ZeRO-1: rank ", comm.rank(), " has an empty shard (", total, " parameters over ", world,
+  BT_CHECK(begin_ < end_, "ZeRO-1: rank ", comm.rank(), " has an empty shard (", total, " parameters over ", comm.world(),
            " ranks); use fewer ranks or train.zero=0");
-  const int64_t padded = static_cast<int64_t>(chunk_ * world);
-  gpad_ = be.alloc({padded}, be.grad_dtype());
-  gshard_ = be.alloc({static_cast<int64_t>(chunk_)}, be.grad_dtype());
-  ppad_ = be.alloc({padded}, be.act_dtype());
-  pshard_ = be.alloc({static_cast<int64_t>(chunk_)}, be.act_dtype());
-  be.zero(gpad_);
-  be.zero(ppad_);
 }
 
-void ZeroShard::reduce_scatter_grads(Tensor grads) {
-  // Copy into a buffer padded to world x chunk (the tail stays zero), reduce-scatter, and put
-  // this rank's summed slice back in place.
-  Tensor head = flat_slice(gpad_, 0, total_);
-  be_.zero(head);
-  be_.accumulate(head, grads);
-  comm_.reduce_scatter(gshard_, gpad_, ReduceOp::sum);
-  Tensor mine = flat_slice(grads, begin_, end_ - begin_);
-  be_.zero(mine);
-  be_.accumulate(mine, flat_slice(gshard_, 0, end_ - begin_));
+Tensor ZeroShard::chunk_of(Tensor padded) const {
+  BT_CHECK(padded.numel() == chunk_ * static_cast<size_t>(comm_.world()), "ZeRO-1: the flat buffer has ",
+           padded.numel(), " elements, not world x chunk = ", chunk_ * static_cast<size_t>(comm_.world()),
+           " (make the model with shard_parts = world)");
+  return flat_slice(padded, chunk_ * static_cast<size_t>(comm_.rank()), chunk_);
 }
 
-void ZeroShard::all_gather_params(Tensor params) {
-  be_.zero(pshard_);
-  be_.accumulate(flat_slice(pshard_, 0, end_ - begin_), flat_slice(params, begin_, end_ - begin_));
-  comm_.all_gather(ppad_, pshard_);
-  Tensor full = flat_slice(ppad_, 0, total_);
-  be_.zero(params);
-  be_.accumulate(params, full);
+void ZeroShard::reduce_scatter_grads(Tensor grads_padded) {
+  // The padding (past total) is zero on every rank and stays zero.
+  comm_.reduce_scatter(chunk_of(grads_padded), grads_padded, ReduceOp::sum);
+}
+
+void ZeroShard::all_gather_params(Tensor params_padded) {
+  comm_.all_gather(params_padded, chunk_of(params_padded));
 }
 
 void ZeroShard::all_gather_host(float* full) {

@@ -33,21 +33,22 @@ class GradReducer {
 
 class ZeroShard {
  public:
-  ZeroShard(Backend& be, Communicator& comm, size_t total);
+  ZeroShard(Communicator& comm, size_t total);
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
-  // grads [total] summed over ranks into this rank's slice grads[begin, end) (the rest stale).
-  void reduce_scatter_grads(Tensor grads);
-  // params [total]: every rank's updated slice gathered into the full buffer.
-  void all_gather_params(Tensor params);
+  // The collectives work in place on the model's padded flat buffers ([world x chunk], Model
+  // with shard_parts = world): no staging copies.
+  // grads summed over ranks into this rank's slice grads[begin, end) (the rest stale).
+  void reduce_scatter_grads(Tensor grads_padded);
+  // params: every rank's updated slice gathered into the full buffer.
+  void all_gather_params(Tensor params_padded);
   // Host arrays: this rank's slice of a [total] array gathered into the full array.
   void all_gather_host(float* full);
 
  private:
-  Backend& be_;
+  Tensor chunk_of(Tensor padded) const;  // this rank's [chunk] of a [world x chunk] buffer
   Communicator& comm_;
   size_t total_, chunk_, begin_, end_;
-  Tensor gpad_, gshard_, ppad_, pshard_;  // [world*chunk], [chunk] in grad / act dtypes
 };
 
 // A view of n elements of a flat buffer starting at offset.

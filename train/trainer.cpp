@@ -69,14 +69,15 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   backend_ = make_backend(bo);
   peak_flops_ = device_peak_flops(*backend_, bo.cuda_device);
   const size_t before_model = allocated_bytes();
-  model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch);
+  const int shard_parts = world > 1 && t.zero == 1 ? world : 1;  // ZeRO-1 pads the flat buffers
+  model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch, shard_parts);
   const size_t model_bytes = allocated_bytes() - before_model;
   model_->init(t.seed);
   comm_.set_compute_stream(cuda_stream(*backend_));
   // Data parallelism: ZeRO-1 shards the optimizer over ranks; otherwise gradients are summed in
   // buckets that start during the backward pass.
   if (world > 1 && t.zero == 1) {
-    zero_ = std::make_unique<ZeroShard>(*backend_, comm_, model_->table().total());
+    zero_ = std::make_unique<ZeroShard>(comm_, model_->table().total());
     opt_ = std::make_unique<AdamW>(*model_, cfg_.optim, zero_->begin(), zero_->end());
   } else {
     opt_ = std::make_unique<AdamW>(*model_, cfg_.optim);
@@ -379,7 +380,7 @@ double Trainer::train_step() {
       model_->backward();
   }
   if (reducer_) reducer_->finish();
-  if (zero_) zero_->reduce_scatter_grads(model_->grads());
+  if (zero_) zero_->reduce_scatter_grads(model_->grads_padded());
   double sums[2] = {st.loss_sum, double(st.targets)};
   comm_.all_reduce_host(sums, 2, ReduceOp::sum);
 
@@ -392,7 +393,7 @@ double Trainer::train_step() {
   if (f != 1.0) backend_->scale(g, f);
   const double lr = lr_at(cfg_.optim, step_, cfg_.train.steps);
   opt_->step(lr);
-  if (zero_) zero_->all_gather_params(model_->params());
+  if (zero_) zero_->all_gather_params(model_->params_padded());
   ++step_;
   tokens_seen_ += int64_t(cfg_.train.global_batch) * cfg_.model.context_length;
   const double loss = sums[0] / sums[1];
