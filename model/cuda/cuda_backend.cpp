@@ -140,46 +140,9 @@ class CudaBackend final : public Backend {
     BT_CHECK(dout.numel() == n * size_t(C), "embedding_backward: dout ", dout.shape.str(), " is not ", n, " x ", C);
     f32(dtable, "embedding_backward dtable");
     act(dout, "embedding_backward dout");
-    // Group the positions by token on the host (counting sort keeps positions increasing).
-    h_tok_.resize(n);
-    download(h_tok_.data(), DType::i32, tokens);
-    h_count_.assign(size_t(V) + 1, 0);
-    for (size_t i = 0; i < n; ++i) {
-      const int32_t t = h_tok_[i];
-      BT_CHECK(t >= 0 && t < V, "embedding_backward: token id ", t, " at position ", i,
-               " is outside the table of ", V, " rows");
-      ++h_count_[size_t(t) + 1];
-    }
-    for (int v = 0; v < V; ++v) h_count_[size_t(v) + 1] += h_count_[v];  // start of each token's positions
-    h_order_.resize(n);
-    {
-      std::vector<int32_t>& fill = h_fill_;
-      fill.assign(h_count_.begin(), h_count_.end() - 1);
-      for (size_t i = 0; i < n; ++i) h_order_[size_t(fill[h_tok_[i]]++)] = int32_t(i);
-    }
-    h_group_tok_.clear();
-    h_group_start_.clear();
-    for (int v = 0; v < V; ++v)
-      if (h_count_[size_t(v) + 1] > h_count_[v]) {
-        h_group_tok_.push_back(v);
-        h_group_start_.push_back(h_count_[v]);
-      }
-    h_group_start_.push_back(int32_t(n));
-    const int groups = int(h_group_tok_.size());
-    const size_t bytes = cuda::Carver::round(n * 4) + cuda::Carver::round(groups * 4) +
-                         cuda::Carver::round((groups + 1) * 4);
-    cuda::Carver cv(scratch_.get(bytes, stream_));
-    int32_t* order = cv.take<int32_t>(n);                 // [n]
-    int32_t* group_tok = cv.take<int32_t>(groups);        // [G]
-    int32_t* group_start = cv.take<int32_t>(groups + 1);  // [G + 1]
-    BT_CUDA_CHECK(cudaMemcpyAsync(order, h_order_.data(), n * 4, cudaMemcpyHostToDevice, stream_));
-    BT_CUDA_CHECK(cudaMemcpyAsync(group_tok, h_group_tok_.data(), groups * 4, cudaMemcpyHostToDevice, stream_));
-    BT_CUDA_CHECK(
-        cudaMemcpyAsync(group_start, h_group_start_.data(), (groups + 1) * 4, cudaMemcpyHostToDevice, stream_));
-    cuda::embedding_backward(static_cast<float*>(dtable.data), dout.data, order, group_tok, group_start, groups, C,
-                             act_, stream_);
-    // The host index lists must outlive the copies.
-    BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cuda::embedding_backward(static_cast<float*>(dev(dtable, "embedding_backward")), dev(dout, "embedding_backward"),
+                             ids(tokens, "embedding_backward tokens"),
+                             n, V, C, act_, scratch_, stream_);
   }
 
   // ---- LayerNorm ------------------------------------------------------------------------------
@@ -550,7 +513,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;  // after arena_: destroyed before its workspace goes
   std::map<std::pair<int, double>, RopeTable> ropes_;
   std::vector<unsigned char> staging_;
-  std::vector<int32_t> h_tok_, h_count_, h_fill_, h_order_, h_group_tok_, h_group_start_;
 };
 
 }  // namespace

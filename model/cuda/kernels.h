@@ -19,11 +19,11 @@ class Gemm;
 // out [n, C] = table [V, C] rows tokens [n]
 void embedding_forward(void* out, const int32_t* tokens, const void* table, size_t n, int C, DType t,
                        cudaStream_t stream);
-// dtable [V, C] f32 += dout [n, C] grouped by token: group g has token group_tok[g] and the
-// positions order[group_start[g] .. group_start[g+1]) (increasing); one thread block per
-// group and channel slice sums them in that order.
-void embedding_backward(float* dtable, const void* dout, const int32_t* order, const int32_t* group_tok,
-                        const int32_t* group_start, int groups, int C, DType t, cudaStream_t stream);
+// dtable [V, C] f32 += dout [n, C] rows summed per token id tokens [n] (i32 on the device), each
+// token's rows in increasing position order (a stable device sort groups them; ids outside
+// [0, V) are skipped: the model checks ids before upload). No atomics, no host synchronization.
+void embedding_backward(float* dtable, const void* dout, const int32_t* tokens, size_t n, int V, int C, DType t,
+                        Scratch& scratch, cudaStream_t stream);
 
 // ---- layernorm.cu ------------------------------------------------------------------------------
 // out [n, C], mean [n], rstd [n] (dtype stats_t: f32 or t), x [n, C], w [C], b [C]

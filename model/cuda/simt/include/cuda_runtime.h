@@ -124,6 +124,7 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* fn);
 #define gridDim (::bt::simt::g_gridDim)
 
 inline void __syncthreads() { ::bt::simt::syncthreads(); }
+[[noreturn]] inline void __trap() { ::bt::simt::fail("__trap() in device code"); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::bt::simt::syncwarp(mask); }
 template <class T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
