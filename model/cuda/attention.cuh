@@ -28,6 +28,20 @@ struct AttnArgs {
   bool overwrite = false;  // backward: dq, dk, dv = ... instead of +=
 };
 
+// One (b, h) of the arguments, for the kernels with blockIdx.x = b * H + h: q, k, v rows of this
+// head at t * hd, dout rows at t * H * hd (dout null in the forward). Device code only.
+template <class T>
+struct AttnHead {
+  int Tn, hd, H, bh, b, h;
+  size_t head;
+  const T *q, *k, *v, *dout;
+  __device__ explicit AttnHead(const AttnArgs& a)
+      : Tn(a.T), hd(a.hd), H(a.H), bh(int(blockIdx.x)), b(bh / H), h(bh % H), head(size_t(bh) * Tn * hd),
+        q(static_cast<const T*>(a.q) + head), k(static_cast<const T*>(a.k) + head),
+        v(static_cast<const T*>(a.v) + head),
+        dout(a.dout ? static_cast<const T*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr) {}
+};
+
 // T <= kSmallMaxT: one warp per (b, h) (attention_small.cu).
 constexpr int kSmallMaxT = 32;
 void small_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream);

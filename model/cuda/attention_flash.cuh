@@ -44,14 +44,11 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
   float* Qs = smem;                      // [kRows][HD]
   float* Ks = Qs + Tr::kRows * HD;       // [kTile][kPad]
   float* Vs = Ks + Tr::kTile * Tr::kPad;  // [kTile][HD]
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const AttnHead<T> ah(a);
+  const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh, b = ah.b, h = ah.h;
   const int q0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  const size_t head = size_t(bh) * Tn * hd;
-  const T* q = static_cast<const T*>(a.q) + head;
-  const T* k = static_cast<const T*>(a.k) + head;
-  const T* v = static_cast<const T*>(a.v) + head;
+  const T *q = ah.q, *k = ah.k, *v = ah.v;
 
   for (int e = tid; e < Tr::kRows * HD; e += Tr::kThreads) {
     const int r = e / HD, d = e % HD, t = q0 + r;
@@ -137,15 +134,12 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
   float* dOs = Qs + Tr::kTile * Tr::kPad;   // [kTile][kPad]
   float* lse_s = dOs + Tr::kTile * Tr::kPad;  // [kTile]
   float* D_s = lse_s + Tr::kTile;           // [kTile]
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const AttnHead<T> ah(a);
+  const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh;
   const int k0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  const size_t head = size_t(bh) * Tn * hd;
-  const T* q = static_cast<const T*>(a.q) + head;
-  const T* k = static_cast<const T*>(a.k) + head;
-  const T* v = static_cast<const T*>(a.v) + head;
-  const T* dout = static_cast<const T*>(a.dout);
+  const size_t head = ah.head;
+  const T *q = ah.q, *k = ah.k, *v = ah.v, *dout = ah.dout;  // dout row t at t * H * hd
 
   for (int e = tid; e < Tr::kRows * HD; e += Tr::kThreads) {
     const int r = e / HD, d = e % HD, t = k0 + r;
@@ -166,7 +160,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
       const int j = e / HD, d = e % HD, t = qs + j;
       const bool ok = t < Tn && d < hd;
       Qs[j * Tr::kPad + d] = ok ? to_f(q[size_t(t) * hd + d]) : 0.f;
-      dOs[j * Tr::kPad + d] = ok ? to_f(dout[((size_t(b) * Tn + t) * H + h) * hd + d]) : 0.f;
+      dOs[j * Tr::kPad + d] = ok ? to_f(dout[size_t(t) * H * hd + d]) : 0.f;
     }
     if (tid < Tr::kTile) {
       const int t = qs + tid;
@@ -239,21 +233,18 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_k
   float* dOs = Qs + Tr::kRows * HD;        // [kRows][HD]
   float* Ks = dOs + Tr::kRows * HD;        // [kTile][kPad] one key tile
   float* Vs = Ks + Tr::kTile * Tr::kPad;   // [kTile][kPad]
-  const int Tn = a.T, hd = a.hd, H = a.H;
-  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const AttnHead<T> ah(a);
+  const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh;
   const int q0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  const size_t head = size_t(bh) * Tn * hd;
-  const T* q = static_cast<const T*>(a.q) + head;
-  const T* k = static_cast<const T*>(a.k) + head;
-  const T* v = static_cast<const T*>(a.v) + head;
-  const T* dout = static_cast<const T*>(a.dout);
+  const size_t head = ah.head;
+  const T *q = ah.q, *k = ah.k, *v = ah.v, *dout = ah.dout;  // dout row t at t * H * hd
 
   for (int e = tid; e < Tr::kRows * HD; e += Tr::kThreads) {
     const int r = e / HD, d = e % HD, t = q0 + r;
     const bool ok = t < Tn && d < hd;
     Qs[e] = ok ? to_f(q[size_t(t) * hd + d]) : 0.f;
-    dOs[e] = ok ? to_f(dout[((size_t(b) * Tn + t) * H + h) * hd + d]) : 0.f;
+    dOs[e] = ok ? to_f(dout[size_t(t) * H * hd + d]) : 0.f;
   }
   float lse_r[Tr::kRowsPerWarp], D_r[Tr::kRowsPerWarp], dq[Tr::kRowsPerWarp][Tr::kPerLane];
 #pragma unroll

@@ -166,28 +166,13 @@ struct TcBwdSmem {
   }
 };
 
-// One (b, h) of the attention arguments: q, k, v rows at head + t * hd, dout rows at t * H * hd.
-struct TcHead {
-  int Tn, hd, H, bh;
-  size_t head;
-  const bf16 *q, *k, *v, *dout;
-  __device__ explicit TcHead(const AttnArgs& a) : Tn(a.T), hd(a.hd), H(a.H), bh(int(blockIdx.x)) {
-    const int b = bh / H, h = bh % H;
-    head = size_t(bh) * Tn * hd;
-    q = static_cast<const bf16*>(a.q) + head;
-    k = static_cast<const bf16*>(a.k) + head;
-    v = static_cast<const bf16*>(a.v) + head;
-    dout = a.dout ? static_cast<const bf16*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr;
-  }
-};
-
 template <int HD>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const TcHead t(a);
-  const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh, b = bh / H, h = bh % H;
+  const AttnHead<bf16> t(a);
+  const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh, b = t.b, h = t.h;
   const bf16 *q = t.q, *k = t.k, *v = t.v;
   const int q0 = blockIdx.y * Tr::kRows;
   char* base = reinterpret_cast<char*>(smem);
@@ -288,7 +273,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const TcHead t(a);
+  const AttnHead<bf16> t(a);
   const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
   const size_t head = t.head;
   const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
@@ -360,7 +345,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_k
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const TcHead t(a);
+  const AttnHead<bf16> t(a);
   const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
   const size_t head = t.head;
   const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
