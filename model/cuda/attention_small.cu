@@ -39,6 +39,20 @@ __device__ __forceinline__ void load_dout_rows(float* dst, const T* dout, int b,
   }
 }
 
+// dst [Tn, hd] (+)= W^T rows for causal weights W [Tn][32] (row i, key j <= i) and rows
+// [Tn][hd + 1]: dst[j, d] = sum over i >= j of W[i][j] rows[i][d] (dk from dS and q, dv from P
+// and dout).
+template <class T>
+__device__ __forceinline__ void causal_weights_t_times(T* dst, const float* w, const float* rows, int Tn, int hd,
+                                                       int lane, bool overwrite) {
+  for (int e = lane; e < Tn * hd; e += kWarp) {
+    const int j = e / hd, d = e % hd;
+    float s = 0.f;
+    for (int i = j; i < Tn; ++i) s += w[i * kWarp + j] * rows[i * (hd + 1) + d];
+    put_grad(dst[e], s, overwrite);
+  }
+}
+
 __device__ __forceinline__ float dot_rows(const float* a, const float* b, int hd) {
   float s = 0.f;
   for (int d = 0; d < hd; ++d) s += a[d] * b[d];
@@ -122,24 +136,8 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
       put_grad(dq[e], s, a.overwrite);
     }
   }
-  if (a.dk) {
-    T* dk = static_cast<T*>(a.dk) + head;
-    for (int e = lane; e < Tn * hd; e += kWarp) {
-      const int j = e / hd, d = e % hd;
-      float s = 0.f;
-      for (int i = j; i < Tn; ++i) s += dss[i * kWarp + j] * qs[i * st + d];
-      put_grad(dk[e], s, a.overwrite);
-    }
-  }
-  if (a.dv) {
-    T* dv = static_cast<T*>(a.dv) + head;
-    for (int e = lane; e < Tn * hd; e += kWarp) {
-      const int j = e / hd, d = e % hd;
-      float s = 0.f;
-      for (int i = j; i < Tn; ++i) s += ps[i * kWarp + j] * gs[i * st + d];
-      put_grad(dv[e], s, a.overwrite);
-    }
-  }
+  if (a.dk) causal_weights_t_times(static_cast<T*>(a.dk) + head, dss, qs, Tn, hd, lane, a.overwrite);
+  if (a.dv) causal_weights_t_times(static_cast<T*>(a.dv) + head, ps, gs, Tn, hd, lane, a.overwrite);
 }
 
 // Warps per block that fit the shared-memory limit (at least one, or an error).
