@@ -1,4 +1,4 @@
-// Training-step throughput: tokens/s and model GFLOP/s (DESIGN 8 FLOP count), plus sgemm.
+// Training-step throughput: tokens/s and model GFLOP/s (docs/design.md §8 FLOP count), plus sgemm.
 #include "bench/bench_train.h"
 
 #include <cblas.h>

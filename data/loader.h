@@ -1,4 +1,4 @@
-// The training / validation data loader (DESIGN 4).
+// The training / validation data loader (docs/design.md §4).
 //
 // The (optionally padded) token stream is cut into fixed windows of L tokens; documents are
 // packed across windows and the tail shorter than L is unused. Epoch e visits the windows in a

@@ -1,4 +1,4 @@
-// Tokenized HDF5 shards (DESIGN 4), one file each:
+// Tokenized HDF5 shards (docs/design.md §4), one file each:
 //   /tokens       1-D uint16 (vocab_size <= 65536) or uint32, chunked; documents concatenated,
 //                 each followed by EOS
 //   /doc_offsets  1-D uint64, start of each document in /tokens

@@ -19,7 +19,7 @@ namespace bt {
 
 class ShardFile;
 
-// The padding options (DESIGN 2.3; loader.h documents them). Normalized: when no option is
+// The padding options (docs/design.md §2.3; loader.h documents them). Normalized: when no option is
 // active (block_length 1 or both flags off) all fields hold their defaults, so specs compare equal.
 struct PadSpec {
   int block_length = 1;

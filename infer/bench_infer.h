@@ -1,4 +1,4 @@
-// `bt bench infer`: generation throughput of one or two models side by side (DESIGN 2.4, the
+// `bt bench infer`: generation throughput of one or two models side by side (docs/design.md §2.4, the
 // paper's Table/Figure on inference): a prefill-heavy and a decode-heavy setting, batch sizes
 // swept, tokens/s (batch x generated tokens / wall time, prefill included) and the KV-cache bytes
 // per sequence. Random weights and random prompt tokens, greedy, no EOS: every sequence

@@ -1,6 +1,6 @@
 // Autoregressive decoding with KV caches, written once over model/backend.h (any backend).
 //
-// Block model (DESIGN 2.4): each prompt is left-padded with pad_id to a multiple of L_B (at least
+// Block model (docs/design.md §2.4): each prompt is left-padded with pad_id to a multiple of L_B (at least
 // one block); a batch is further aligned with whole pad blocks that attention_cached hides
 // (start[b] = number of whole pad blocks). The block decoder runs once over the prompt blocks
 // into a block-level cache; the last context embedding goes through the prefix expansion; the

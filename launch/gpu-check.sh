@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (DESIGN 9.6): configure and build for sm_90 only (`cmake --preset gpu`), run the
+# The GPU check (docs/design.md §9.6): configure and build for sm_90 only (`cmake --preset gpu`), run the
 # GPU tests (ctest -L gpu), then benchmark a bf16 training step of block_main_b4_85 and
 # vanilla_160 at L = 2048 on one GPU. Prints a short report (pass/fail per test, tokens/s,
 # memory) and writes it to a file. Sized to finish in under 8 minutes on one H200, build

@@ -1,4 +1,4 @@
-// Backend selection (DESIGN 3): "auto" picks CUDA when a GPU answers, else the CPU. Which CUDA
+// Backend selection (docs/design.md §3): "auto" picks CUDA when a GPU answers, else the CPU. Which CUDA
 // backend this is (the real one, none, or the SIMT emulator) is decided when the executable is
 // linked (model/CMakeLists.txt).
 #include "model/backend.h"

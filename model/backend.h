@@ -123,7 +123,7 @@ class Backend {
   // dst += src
   virtual void accumulate(Tensor dst, Tensor src) = 0;
 
-  // ---- Block Transformer glue (DESIGN 2.2) ----------------------------------------------------
+  // ---- Block Transformer glue (docs/design.md §2.2) ----------------------------------------------------
   // Token-decoder rows. prefix [B, N, R*D] (prefix expansion of every block's context
   // embedding), tok [B, N*LB, D] (token embeddings) -> out [B, N-1, S, D] with S = R + LB - 1:
   // row (b, i) = [prefix[b, i, 0..R-1], tok[b, (i+1)*LB + 0 .. (i+1)*LB + LB-2]].

@@ -1,4 +1,4 @@
-// Checkpoints (DESIGN 6): one directory per saved step,
+// Checkpoints (docs/design.md §6): one directory per saved step,
 //
 //   ROOT/step_00010000/
 //     model.safetensors      fp32 weights, official PyTorch names and shapes (ParamInfo::file_shape)

@@ -1,4 +1,4 @@
-// The experiment config (DESIGN 7): YAML -> Config with strict checking, `section.key=value`
+// The experiment config (docs/design.md §7): YAML -> Config with strict checking, `section.key=value`
 // overrides, the invariants of the model and the trainer, and the resolved config back as YAML.
 //
 // Flow: parse the text into a yaml-cpp tree, apply the overrides to that tree (so an override is

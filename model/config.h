@@ -1,5 +1,5 @@
-// The experiment config (DESIGN 7): one YAML file per experiment, `section.key=value`
-// overrides, strict validation. Every field has the default shown in DESIGN 7's example where
+// The experiment config (docs/design.md §7): one YAML file per experiment, `section.key=value`
+// overrides, strict validation. Every field has the default shown in docs/design.md §7's example where
 // one exists; a config file only has to name what differs.
 #pragma once
 #include <cstdint>
@@ -101,7 +101,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // Parses YAML text (path is used in messages only).
 Config parse_config(const std::string& yaml_text, const std::string& path,
                     const std::vector<std::string>& overrides = {});
-// Checks the invariants (DESIGN 7) that do not depend on the number of ranks.
+// Checks the invariants (docs/design.md §7) that do not depend on the number of ranks.
 void validate(const Config& c);
 // The resolved config as YAML (every key, defaults included); parse_config(to_yaml(c)) == c.
 std::string to_yaml(const Config& c);

@@ -1,4 +1,4 @@
-// The models: the Block Transformer (DESIGN 2.2: lookup embedder, block decoder, prefix
+// The models: the Block Transformer (docs/design.md §2.2: lookup embedder, block decoder, prefix
 // expansion, token decoder) and the vanilla GPT-NeoX baseline, as one schedule of backend ops.
 // Parameters and gradients live in two flat buffers laid out by the ParamTable.
 #pragma once
@@ -38,7 +38,7 @@ class Model {
   Tensor param(const std::string& name) const { return param_view(table_, params_, name); }
   Tensor grad(const std::string& name) const { return param_view(table_, grads_, name); }
 
-  // DESIGN 2.1 init from a seed (same values on every backend and every rank).
+  // docs/design.md §2.1 init from a seed (same values on every backend and every rank).
   void init(uint64_t seed);
   // Upload / download all parameters as a host array of `total()` values (f32 or f64).
   void set_params(const void* host, DType t);
@@ -60,7 +60,7 @@ class Model {
   // Row of logits that predicts token position p of window b (p >= L_B for block, >= 1 vanilla).
   int64_t logit_row(int b, int p) const;
 
-  // Model FLOPs per trained token (forward + backward), DESIGN 8: 6 x matmul params + attention.
+  // Model FLOPs per trained token (forward + backward), docs/design.md §8: 6 x matmul params + attention.
   double flops_per_token() const;
 
  private:

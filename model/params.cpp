@@ -1,4 +1,4 @@
-// Parameter table construction (official names, DESIGN 6) and initialization (DESIGN 2.1).
+// Parameter table construction (official names, docs/design.md §6) and initialization (docs/design.md §2.1).
 #include "model/params.h"
 
 #include <cmath>

@@ -1,5 +1,5 @@
 // The parameter table: every parameter tensor of a model with its official PyTorch name
-// (DESIGN 6), shape, offset in the flat parameter buffer, and how it is initialized and decayed.
+// (docs/design.md §6), shape, offset in the flat parameter buffer, and how it is initialized and decayed.
 // Parameters and their gradients each live in one flat buffer so that the optimizer, gradient
 // all-reduce and checkpoints see one contiguous range.
 #pragma once
@@ -58,7 +58,7 @@ inline size_t flat_chunk(size_t total, int parts) {
 // Whether AdamW decays this parameter: `all` (the paper) or `matrices` (2-D weights only).
 bool param_decays(const ParamInfo& p, const std::string& decay_mode);
 
-// Initial values (DESIGN 2.1): normal(0, std) for matrices, embeddings and the head, zeros for
+// Initial values (docs/design.md §2.1): normal(0, std) for matrices, embeddings and the head, zeros for
 // biases, ones/zeros for LayerNorm. Each tensor draws from its own stream (seed, name), so init
 // does not depend on the order of the table or the backend. Returns [total] in double.
 std::vector<double> init_params(const ParamTable& t, uint64_t seed);

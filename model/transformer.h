@@ -1,4 +1,4 @@
-// A GPT-NeoX transformer stack (DESIGN 2.1): pre-LN, parallel residual, fused QKV in the
+// A GPT-NeoX transformer stack (docs/design.md §2.1): pre-LN, parallel residual, fused QKV in the
 // per-head layout, partial rotary, exact-GELU MLP, final LayerNorm. Written once against
 // model/backend.h; the block decoder, the token decoder and the vanilla model are instances.
 #pragma once

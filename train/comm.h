@@ -1,4 +1,4 @@
-// Communicators for data parallelism (DESIGN 5) behind one small interface: a single process
+// Communicators for data parallelism (docs/design.md §5) behind one small interface: a single process
 // (no launcher), MPI (CPU buffers), and NCCL (device buffers). make_communicator picks MPI when
 // the process was started by mpirun/srun with more than one rank.
 #pragma once

@@ -1,4 +1,4 @@
-// Data-parallel gradient reduction (DESIGN 5).
+// Data-parallel gradient reduction (docs/design.md §5).
 // GradReducer: sums the flat gradient buffer over ranks in buckets, starting each bucket as
 // soon as the backward pass has made all of its gradients final (Model::backward's on_ready
 // callback), so that communication overlaps the rest of the backward pass.

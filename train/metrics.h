@@ -1,4 +1,4 @@
-// metrics.jsonl: one JSON object per line in the run directory (DESIGN 8). Each line is written
+// metrics.jsonl: one JSON object per line in the run directory (docs/design.md §8). Each line is written
 // whole and flushed, so a crash loses at most the line being written.
 #pragma once
 #include <cstdio>

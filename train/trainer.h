@@ -1,4 +1,4 @@
-// The training loop (DESIGN 5, 6, 8): data-parallel steps with gradient accumulation, global-norm
+// The training loop (docs/design.md §5, 6, 8): data-parallel steps with gradient accumulation, global-norm
 // clipping, AdamW with the lr schedule, logging to the console and metrics.jsonl, periodic
 // validation, checkpoints (every train.checkpoint_every steps, at the end, and when preempted by
 // SIGTERM / SIGUSR1) and exact resume. One Trainer per process; ranks talk through a Communicator.

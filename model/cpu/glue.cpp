@@ -1,4 +1,4 @@
-// Token-decoder glue (DESIGN 2.2): assembling the token-decoder input rows from the prefix
+// Token-decoder glue (docs/design.md §2.2): assembling the token-decoder input rows from the prefix
 // vectors and the token embeddings, and selecting the positions whose outputs predict tokens.
 //
 // Row (b, i), i = 0..N-2, conditions on block i and predicts block i+1:

@@ -4,7 +4,7 @@
 // classifier) and instantiated there for float and double.
 //
 // Backward ops ACCUMULATE (+=) into every gradient they write; a null gradient pointer is
-// skipped. Shapes are in the comments; names follow DESIGN.md (B batch, T sequence, H heads,
+// skipped. Shapes are in the comments; names follow docs/design.md (B batch, T sequence, H heads,
 // hd head dim, C channels, V vocab, R prefix length, LB block length).
 #pragma once
 #include <cstddef>
@@ -54,7 +54,7 @@ template <class T> void add_forward(T* out, const T* a, const T* b, const T* c, 
 // dst += src
 template <class T> void accumulate(T* dst, const T* src, size_t n);
 
-// Token-decoder rows (DESIGN 2.2). prefix [B, N, R, D], tok [B, N*LB, D] -> out [B, N-1, S, D],
+// Token-decoder rows (docs/design.md §2.2). prefix [B, N, R, D], tok [B, N*LB, D] -> out [B, N-1, S, D],
 // S = R + LB - 1, row (b, i) = [prefix[b, i, :, :], tok[b, (i+1)*LB .. (i+1)*LB + LB - 2, :]].
 template <class T> void td_assemble_forward(T* out, const T* prefix, const T* tok, size_t B, int N, int R, int LB, int D);
 template <class T>

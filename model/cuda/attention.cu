@@ -143,7 +143,7 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
   else if (hd <= 64) flash_attention_forward<64>(a, t, stream);
   else if (hd <= 128) flash_attention_forward<128>(a, t, stream);
   else BT_FAIL("attention: head dim ", hd, " > 128 is not supported by the CUDA kernels for sequences longer than ",
-               kSmallMaxT, " (DESIGN 2.1 head dims are 32, 64 or 128)");
+               kSmallMaxT, " (docs/design.md §2.1 head dims are 32, 64 or 128)");
 }
 
 void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* out, const float* lse,

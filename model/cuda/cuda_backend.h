@@ -1,4 +1,4 @@
-// The CUDA backend (DESIGN 3): bf16 (or fp32) parameters and activations, fp32 master weights,
+// The CUDA backend (docs/design.md §3): bf16 (or fp32) parameters and activations, fp32 master weights,
 // gradients and moments; cuBLASLt GEMMs and hand-written kernels for every other op
 // (docs/cuda.md). This header has no CUDA types, so g++-compiled code (tests, trainer, NCCL
 // communicator) can use it. Builds without CUDA link model/cuda_none.cpp instead: no devices,

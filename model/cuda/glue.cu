@@ -1,4 +1,4 @@
-// Token-decoder glue (DESIGN 2.2): assembling the rows [P_1..P_R, e(t_1)..e(t_{L_B-1})] and
+// Token-decoder glue (docs/design.md §2.2): assembling the rows [P_1..P_R, e(t_1)..e(t_{L_B-1})] and
 // selecting the positions R-1 .. S-1 that predict tokens. Index maps, one thread per output
 // element; each source element lands in at most one row, so the backward is a scatter with one
 // += per element and no atomics.

@@ -1,6 +1,6 @@
 // Host launchers of the CUDA kernels, one group per .cu file. Each takes raw device pointers,
 // sizes, the activation dtype (f32 or bf16; parameter gradients, master weights and moments are
-// always f32) and the stream last. Shapes are in the comments, names as in DESIGN.md. Every
+// always f32) and the stream last. Shapes are in the comments, names as in docs/design.md. Every
 // launcher is deterministic: no float atomics, fixed reduction orders.
 #pragma once
 #include <cuda_runtime.h>

@@ -49,7 +49,7 @@ struct Case {
   bool pads;
 };
 
-// Initial weights as host floats: the DESIGN init, with norm weights and biases moved off 1/0 so
+// Initial weights as host floats: the init of docs/design.md §2.1, with norm weights and biases moved off 1/0 so
 // their gradients are generic, rounded to bf16 when the GPU stores bf16.
 std::vector<float> weights(Model& model, Backend& be, bool bf16) {
   model.init(7);

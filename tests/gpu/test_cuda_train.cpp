@@ -43,7 +43,7 @@ struct Run {
   std::vector<uint16_t> params;  // raw bits of the final parameters (bf16, or f32 as pairs of halves)
 };
 
-// `steps` AdamW steps on one fixed batch; weights from the DESIGN init rounded to bf16 so the
+// `steps` AdamW steps on one fixed batch; weights from the init of docs/design.md §2.1 rounded to bf16 so the
 // CPU and GPU runs start from the same point.
 Run train(Backend& be, const ModelConfig& cfg, int steps) {
   const int B = 4, L = cfg.context_length;

@@ -1,4 +1,4 @@
-// Crash safety of checkpoints (DESIGN 6): `bt train` (BT_BINARY) writing a checkpoint after every
+// Crash safety of checkpoints (docs/design.md §6): `bt train` (BT_BINARY) writing a checkpoint after every
 // step is killed with SIGKILL at random moments, again and again (each run resumes with
 // --resume auto); after every kill `latest` must point at a complete checkpoint that loads
 // (weights, optimizer state, trainer state), and the step it holds never goes backwards. Then a

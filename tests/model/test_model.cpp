@@ -1,4 +1,4 @@
-// Whole-model tests on tiny sizes (DESIGN 9.2): gradient check in double over every parameter
+// Whole-model tests on tiny sizes (docs/design.md §9.2): gradient check in double over every parameter
 // tensor (sampled entries), causality, block 0 never a target, one batch overfits, and the
 // parameter counts of the paper configs.
 #include <gtest/gtest.h>

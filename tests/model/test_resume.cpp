@@ -1,4 +1,4 @@
-// Exact resume on the CPU (DESIGN 6, 9.5): 40 steps straight equal 20 steps, a checkpoint, a new
+// Exact resume on the CPU (docs/design.md §6, 9.5): 40 steps straight equal 20 steps, a checkpoint, a new
 // trainer resuming from it, and 20 more steps: every logged loss, every final weight and every
 // AdamW moment identical bit for bit. Block (with the padding options, gradient accumulation) and
 // vanilla, on the tiny configs shrunk to run in seconds.

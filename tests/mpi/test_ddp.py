@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI on the CPU (DESIGN 5, 9.4).
+"""Data-parallel training over MPI on the CPU (docs/design.md §5, 9.4).
 
 - `mpirun -np 2` equals one process: 10 steps of the tiny block config on the same global batch
   give the same losses (1e-5 relative) and final weights (1e-5), with and without gradient

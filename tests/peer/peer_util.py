@@ -1,4 +1,4 @@
-"""Shared helpers of the peer tests (DESIGN 9.3): run `bt` (BT_BINARY) to train a tiny model and
+"""Shared helpers of the peer tests (docs/design.md §9.3): run `bt` (BT_BINARY) to train a tiny model and
 write a checkpoint, evaluate token windows with `bt eval --tokens-file --dump-logits`, and read
 the results back for comparison with a PyTorch reference built from HF GPT-NeoX modules."""
 import json

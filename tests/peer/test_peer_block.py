@@ -1,4 +1,4 @@
-"""Peer test, Block Transformer (DESIGN 9.3). The reference is built from HF GPT-NeoX modules and
+"""Peer test, Block Transformer (docs/design.md §9.3). The reference is built from HF GPT-NeoX modules and
 composed the way the official implementation (itsnamgyu/block-transformer) composes them:
 
   embedder       LookupEmbedder: nn.Embedding(V, D_B / L_B) as `embeddings`, L_B lookups

@@ -1,4 +1,4 @@
-"""Peer test, vanilla model (DESIGN 9.3): a checkpoint written by `bt train` loads into HF
+"""Peer test, vanilla model (docs/design.md §9.3): a checkpoint written by `bt train` loads into HF
 GPTNeoXForCausalLM with strict names and shapes, and its logits (and loss) on the same tokens match
 ours within 1e-4; and the other way round, weights saved by HF (save_pretrained, safetensors) are
 loaded by `bt eval` and give the same loss."""

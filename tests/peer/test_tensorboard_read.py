@@ -1,4 +1,4 @@
-"""TensorBoard event files written by `bt train` (DESIGN 8), read back independently of our C++.
+"""TensorBoard event files written by `bt train` (docs/design.md §8), read back independently of our C++.
 
 Runs a 3-step tiny training (BT_BINARY, log_every 1) and reads <out_dir>/tensorboard/
 events.out.tfevents.*: TFRecord framing with both masked CRC-32Cs checked by a pure-Python CRC,

@@ -1,4 +1,4 @@
-// safetensors and checkpoint directories (DESIGN 6): round trips, official names and file shapes,
+// safetensors and checkpoint directories (docs/design.md §6): round trips, official names and file shapes,
 // bad input (missing COMPLETE, truncated or corrupt safetensors, weights that do not match the
 // config, missing / mis-shaped tensors) as one-line errors, extra tensors reported and ignored,
 // keep-last-K, `latest`, re-saving a step, leftovers of killed writers, and the same errors from
@@ -153,7 +153,7 @@ TEST(Safetensors, TruncatedAndCorruptFilesAreOneLineErrors) {
 }
 
 TEST(Checkpoint, OfficialNamesAndFileShapes) {
-  // DESIGN 6, checked against itsnamgyu/block-transformer and HF GPT-NeoX (see docs/checkpoints.md).
+  // docs/design.md §6, checked against itsnamgyu/block-transformer and HF GPT-NeoX (see docs/checkpoints.md).
   ParamTable b(tiny_config("block").model);
   for (const char* n :
        {"embedder.embeddings.weight", "block_decoder.gpt_neox.layers.0.input_layernorm.weight",

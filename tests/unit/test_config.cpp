@@ -1,4 +1,4 @@
-// Tests of the experiment config (model/config.h, DESIGN 7): every kind of bad input gives a
+// Tests of the experiment config (model/config.h, docs/design.md §7): every kind of bad input gives a
 // one-line error naming the key (and file:line for file values), overrides, defaults, the
 // to_yaml round trip, and every file under configs/ loads, validates and has the paper's size.
 #include "model/config.h"
@@ -78,7 +78,7 @@ std::string parse_error(const std::string& text, const std::vector<std::string>&
   return error_of([&] { parse(text, ov); });
 }
 
-// Non-embedding parameters of one decoder stack (DESIGN 2.1): per layer 2 LayerNorms, QKV,
+// Non-embedding parameters of one decoder stack (docs/design.md §2.1): per layer 2 LayerNorms, QKV,
 // dense, fc, proj (weights and biases), plus the final LayerNorm.
 int64_t stack_params(const bt::DecoderConfig& d) {
   const int64_t D = d.dim, F = d.ffn_dim;
@@ -558,7 +558,7 @@ TEST(ConfigFiles, PaperTable) {
   }
 }
 
-// Non-embedding sizes of DESIGN 2.3 (the model tests check the real parameter table).
+// Non-embedding sizes of docs/design.md §2.3 (the model tests check the real parameter table).
 TEST(ConfigFiles, NonEmbeddingParameterCounts) {
   const std::map<std::string, double> millions = {
       {"block_main_b4_5", 4.74},    {"block_main_b4_19", 18.9},   {"block_main_b4_85", 85.1},

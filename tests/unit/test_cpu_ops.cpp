@@ -391,7 +391,7 @@ TEST(CpuOps, MatmulTiledAgainstFormula) {
 // QKV split + rotary
 // ---------------------------------------------------------------------------------------------
 
-// The formula of DESIGN 2.1 written out: rotate-half on the first rd dims of q and k.
+// The formula of docs/design.md §2.1 written out: rotate-half on the first rd dims of q and k.
 void naive_qkv_rotary(Vec& q, Vec& k, Vec& v, const Vec& qkv, size_t B, int Tn, int H, int hd, int rd, double base) {
   const int half = rd / 2;
   for (size_t b = 0; b < B; ++b)
