@@ -5,10 +5,13 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
 #include "core/timer.h"
+#include "data/loader.h"
 #include "model/backend.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -31,10 +34,32 @@ void bench_train(const BenchTrainOptions& o) {
   AdamW opt(model, cfg.optim);
   Rng rng(1);
   std::vector<int32_t> tokens(size_t(B) * L);
-  for (auto& t : tokens) t = static_cast<int32_t>(rng.below(cfg.model.vocab_size));
+  std::vector<uint8_t> mask;  // empty: no pads
+  const bool padded = cfg.model.is_block() && (cfg.data.random_pad_first_block || cfg.data.pad_to_block_boundary);
+  if (padded) {
+    // The config's padding options on synthetic documents (random tokens, lengths 1..2048), cut
+    // into windows by the loader exactly as in training: tokens and pad mask of one micro-batch.
+    auto stream = std::make_shared<TokenStream>(
+        synthetic_stream("random:" + std::to_string(std::max<int64_t>(1 << 20, int64_t(4) * B * L)),
+                         cfg.model.vocab_size, 1));
+    LoaderOptions lo;
+    lo.context_length = L;
+    lo.block_length = cfg.model.block_length;
+    lo.global_batch = lo.micro_batch = B;
+    lo.random_pad_first_block = cfg.data.random_pad_first_block;
+    lo.pad_to_block_boundary = cfg.data.pad_to_block_boundary;
+    lo.prefetch = false;
+    lo.vocab_size = cfg.model.vocab_size;
+    Loader loader(stream, lo);
+    StepBatch sb = loader.next();
+    tokens = sb.micro.at(0).tokens;
+    mask = sb.micro.at(0).mask;
+  } else {
+    for (auto& t : tokens) t = static_cast<int32_t>(rng.below(cfg.model.vocab_size));
+  }
   auto step = [&] {
     model.zero_grads();
-    model.forward(tokens.data(), nullptr, B, true, 1.0 / (double(B) * L));
+    model.forward(tokens.data(), mask.empty() ? nullptr : mask.data(), B, true, 1.0 / (double(B) * L));
     model.backward();
     opt.step(1e-4);
     be->synchronize();
@@ -53,6 +78,12 @@ void bench_train(const BenchTrainOptions& o) {
   const double gflops = tokens_per_s * model.flops_per_token() / 1e9;
   fmt::print("bench train: {} ({}), backend {} [{}], micro batch {} x {} tokens\n", cfg.name, cfg.model.kind,
              be->name(), dtype_name(be->act_dtype()), B, L);
+  if (padded) {
+    const auto pads = std::count(mask.begin(), mask.end(), uint8_t(0));
+    fmt::print("  padding {}{}: synthetic documents (lengths 1..2048) padded as the loader pads them, {:.1f}% pads\n",
+               cfg.data.random_pad_first_block ? "random_pad_first_block " : "",
+               cfg.data.pad_to_block_boundary ? "pad_to_block_boundary" : "", 100.0 * double(pads) / double(mask.size()));
+  }
   fmt::print("  parameters {:.2f}M (non-embedding {:.2f}M), {:.3f} GFLOP per token (fwd+bwd)\n",
              model.table().total_params() / 1e6, model.table().non_embedding() / 1e6, model.flops_per_token() / 1e9);
   fmt::print("  step {:.1f} ms (median of {}, min {:.1f}, max {:.1f}) | {:.0f} tokens/s | {:.1f} GFLOP/s\n", med * 1e3,

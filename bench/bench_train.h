@@ -1,5 +1,6 @@
 // `bt bench train`: the throughput of a training step (forward, backward, AdamW) on random
-// tokens, and `bt bench gemm`: the machine's GEMM throughput to compare it with.
+// tokens (block models with a padding option on: synthetic documents padded as the loader pads
+// them), and `bt bench gemm`: the machine's GEMM throughput to compare it with.
 #pragma once
 #include <string>
 #include <vector>
