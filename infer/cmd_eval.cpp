@@ -1,13 +1,15 @@
 // `bt eval --ckpt DIR --data GLOB [--batches N]`: loss, perplexity and (block models) the loss per
 // position inside the block over shards, read in order (no shuffling), with the padding options of
-// the checkpoint's config. `--tokens-file` evaluates raw int32 windows instead and
-// `--dump-logits` writes every logit row (float32, the Model's row order): the peer tests compare
-// them with PyTorch.
+// the checkpoint's config. `--tokens-file` evaluates raw int32 windows instead (with `--mask-file`:
+// their pad mask), `--dump-logits` writes every logit row (float32, the Model's row order) and
+// `--grads` the gradient of the mean loss for every parameter (safetensors, official names): the
+// peer tests compare them with PyTorch, in double with `--precision fp64`.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -17,12 +19,42 @@
 #include "core/timer.h"
 #include "data/loader.h"
 #include "infer/load.h"
+#include "model/safetensors.h"
 
 namespace bt {
 
+namespace {
+
+// grads * scale for every parameter, in the official names and file shapes, to a safetensors file
+// (F64 when the backend computes in double), written through a temporary file.
+void write_grads(Model& model, Backend& be, double scale, const std::string& path) {
+  std::vector<double> g(model.table().total());
+  be.download(g.data(), DType::f64, model.grads());
+  for (double& x : g) x *= scale;
+  const bool f64 = be.grad_dtype() == DType::f64;
+  std::vector<float> gf;
+  if (!f64) gf.assign(g.begin(), g.end());
+  std::vector<SafetensorOut> out;
+  for (const ParamInfo& p : model.table().entries()) {
+    SafetensorOut t;
+    t.name = p.name;
+    t.shape = p.file_shape;
+    if (f64)
+      t.data_f64 = g.data() + p.offset;
+    else
+      t.data = gf.data() + p.offset;
+    out.push_back(t);
+  }
+  const std::string tmp = path + ".tmp";
+  write_safetensors(tmp, out, {{"format", "pt"}, {"what", "gradient of the mean loss"}});
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
 void add_eval_command(CLI::App& app) {
   struct Args {
-    std::string ckpt, config, data, tokens_file, dump_logits, device = "auto";
+    std::string ckpt, config, data, tokens_file, mask_file, dump_logits, grads, device = "auto", precision;
     std::vector<std::string> overrides;
     int batches = 0, batch_size = 0;
     bool json = false;
@@ -38,13 +70,21 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "windows per forward (default: train.micro_batch)");
   cmd->add_option("--tokens-file", a->tokens_file,
                   "evaluate raw little-endian int32 tokens, context_length per window, instead of shards");
+  cmd->add_option("--mask-file", a->mask_file,
+                  "with --tokens-file: the pad mask, one uint8 per token (1 = real, 0 = pad: hidden from attention, "
+                  "never a target)");
   cmd->add_option("--dump-logits", a->dump_logits, "write all logit rows as raw float32 to this file");
+  cmd->add_option("--grads", a->grads,
+                  "write the gradient of the mean loss for every parameter to this safetensors file (official "
+                  "names; F64 with --precision fp64)");
+  cmd->add_option("--precision", a->precision, "fp32 | bf16 (CUDA) | fp64 (CPU; default: the config's)");
   cmd->add_flag("--json", a->json, "print the result as one JSON object");
   cmd->add_option("--device", a->device, "auto | cpu | cuda");
   cmd->add_option("overrides", a->overrides, "config overrides section.key=value");
   cmd->callback([a] {
     // The config first, to size the model's micro batch.
-    InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device);
+    BT_CHECK(a->mask_file.empty() || !a->tokens_file.empty(), "--mask-file goes with --tokens-file");
+    InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device, a->precision);
     const ModelConfig& mc = im.config.model;
     const int L = mc.context_length;
     int B = a->batch_size > 0 ? a->batch_size : std::max(1, im.config.train.micro_batch);
@@ -64,6 +104,14 @@ void add_eval_command(CLI::App& app) {
       f.seekg(0);
       f.read(reinterpret_cast<char*>(tokens.data()), static_cast<std::streamsize>(size));
       mask.assign(tokens.size(), 1);
+      if (!a->mask_file.empty()) {
+        std::ifstream m(a->mask_file, std::ios::binary | std::ios::ate);
+        BT_CHECK(m.good(), "--mask-file ", a->mask_file, ": cannot read");
+        BT_CHECK(static_cast<size_t>(m.tellg()) == mask.size(), "--mask-file ", a->mask_file, ": ",
+                 static_cast<size_t>(m.tellg()), " bytes, expected one per token (", mask.size(), ")");
+        m.seekg(0);
+        m.read(reinterpret_cast<char*>(mask.data()), static_cast<std::streamsize>(mask.size()));
+      }
       const int64_t windows = static_cast<int64_t>(tokens.size()) / L;
       B = static_cast<int>(std::min<int64_t>(B, windows));
       n_batches = (windows + B - 1) / B;
@@ -102,6 +150,8 @@ void add_eval_command(CLI::App& app) {
       dump = std::fopen(a->dump_logits.c_str(), "wb");
       BT_CHECK(dump, "--dump-logits ", a->dump_logits, ": cannot create");
     }
+    const bool with_grad = !a->grads.empty();
+    if (with_grad) model.zero_grads();
     Timer timer;
     LossStats total;
     int64_t windows_done = 0;
@@ -122,8 +172,9 @@ void add_eval_command(CLI::App& app) {
         tk = tokens.data() + first * L;
         mk = mask.data() + first * L;
       }
-      total.add(model.forward(tk, mk, rows));
+      total.add(model.forward(tk, mk, rows, with_grad, 1.0));
       windows_done += rows;
+      if (with_grad) model.backward();  // d(loss sum), scaled to the mean below
       if (dump) {
         Tensor lg = model.logits();
         h_logits.resize(lg.numel());
@@ -135,6 +186,7 @@ void add_eval_command(CLI::App& app) {
     if (dump) std::fclose(dump);
     BT_CHECK(total.targets > 0, "no loss targets in the evaluated data (all padding?)");
     const double loss = total.mean();
+    if (with_grad) write_grads(model, *im.backend, 1.0 / double(total.targets), a->grads);
     std::vector<double> by_pos;
     for (size_t i = 0; i < total.pos_sum.size(); ++i)
       by_pos.push_back(total.pos_count[i] ? total.pos_sum[i] / double(total.pos_count[i]) : 0.0);

@@ -28,7 +28,8 @@ InferenceModel load_inference_model(const std::string& ckpt, const std::string& 
 }
 
 InferenceModel open_inference_model(const std::string& ckpt, const std::string& config_path,
-                                    const std::vector<std::string>& overrides, const std::string& device) {
+                                    const std::vector<std::string>& overrides, const std::string& device,
+                                    const std::string& precision) {
   InferenceModel r;
   const bool bare = fs::is_regular_file(ckpt) && fs::path(ckpt).extension() == ".safetensors";
   if (bare) {
@@ -45,7 +46,16 @@ InferenceModel open_inference_model(const std::string& ckpt, const std::string& 
   BackendOptions bo;
   bo.device = device;
   bo.precision = r.config.train.precision;
-  if (device == "cpu" || (device == "auto" && !cuda_available())) bo.precision = "fp32";
+  const bool on_cpu = device == "cpu" || (device == "auto" && !cuda_available());
+  if (on_cpu) bo.precision = "fp32";
+  if (!precision.empty()) {
+    BT_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp64", "--precision ", precision,
+             ": expected fp32, bf16 or fp64");
+    BT_CHECK(precision != "fp64" || on_cpu, "--precision fp64 runs on the CPU only: add --device cpu");
+    BT_CHECK(precision != "bf16" || !on_cpu, "--precision bf16 needs the CUDA backend (the CPU computes in fp32)");
+    bo.precision = precision;
+    if (on_cpu) bo.device = "cpu";
+  }
   r.backend = make_backend(bo);
   return r;
 }

@@ -30,9 +30,11 @@ InferenceModel load_inference_model(const std::string& ckpt, const std::string& 
                                     const std::vector<std::string>& overrides, const std::string& device,
                                     int max_batch);
 // The same in two steps: resolve the checkpoint, its config and the backend; then build the model
-// with a micro batch known only after reading the config, and load the weights.
+// with a micro batch known only after reading the config, and load the weights. precision: ""
+// (the config's train.precision on CUDA, fp32 on the CPU), or fp32 | bf16 | fp64 (CPU only).
 InferenceModel open_inference_model(const std::string& ckpt, const std::string& config_path,
-                                    const std::vector<std::string>& overrides, const std::string& device);
+                                    const std::vector<std::string>& overrides, const std::string& device,
+                                    const std::string& precision = "");
 void load_inference_weights(InferenceModel& m, int max_batch);
 
 // The tokenizer for a checkpoint: `spec` when given ("byte", "spm:PATH" or a directory with

@@ -27,11 +27,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The peer tests compare against HF transformers on Debian's torch (1.13): a venv that sees the
-# system packages, with transformers pinned to a release that supports that torch.
+# system packages, with transformers pinned to 4.39.3, the version the official Block Transformer
+# code (itsnamgyu/block-transformer) pins in its requirements.txt (it also runs on torch 1.13).
+TRANSFORMERS_VERSION=4.39.3
 if [ ! -x build/venv/bin/python3 ]; then
   mkdir -p build
   /usr/bin/python3 -m venv --system-site-packages build/venv
 fi
-if ! build/venv/bin/python3 -c "import transformers" 2>/dev/null; then
-  build/venv/bin/pip install -q --disable-pip-version-check "transformers==4.36.2" "safetensors>=0.4,<0.5"
+if [ "$(build/venv/bin/python3 -c "import transformers; print(transformers.__version__)" 2>/dev/null)" != "$TRANSFORMERS_VERSION" ]; then
+  build/venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" "safetensors>=0.4,<0.5"
 fi

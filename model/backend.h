@@ -35,6 +35,20 @@ struct LayerNormOut {
 // How a backward op writes an input gradient: add to it (the convention), or overwrite it.
 enum class Grad { add, overwrite };
 
+// Keys hidden from attention, per sequence: the pads of a padded batch (HF `attention_mask` = 0,
+// as the official Block Transformer pipeline sets it for its padding). Query i of sequence b
+// attends to the keys j <= i with keys[b, j] = 1, exactly like GPT-NeoX's eager attention in HF
+// transformers 4.39.3 (a hidden key's score becomes the dtype's minimum, so its weight is exactly
+// 0). A query with no visible key (i < first[b], a row of only pads) averages v_0 .. v_i with
+// equal weights, as HF does for those keys, and passes no gradient to q or k (HF also mixes in
+// later visible keys there, a causality leak that no path of the official code reaches; we do not
+// reproduce it). An empty mask means every key is visible: the unmasked kernels, unchanged.
+struct AttnMask {
+  Tensor keys;   // [B, T] i32: 1 = visible, 0 = hidden (a pad)
+  Tensor first;  // [B] i32: index of the first visible key of each sequence (T when none)
+  bool empty() const { return keys.empty(); }
+};
+
 struct RotaryParams {
   int rd = 0;           // rotated dims per head (even), rd = int(hd * rotary_pct)
   double base = 10000;  // inv_freq[i] = base^(-2i/rd)
@@ -91,10 +105,13 @@ class Backend {
   // [B, H, T, T]; CUDA keeps the log-sum-exp [B, H, T] (fp32).
   virtual Shape attention_stats_shape(int64_t B, int64_t H, int64_t T) const = 0;
   virtual DType attention_stats_dtype() const = 0;
-  // Causal softmax(q k^T / sqrt(hd)) v; out [B, T, H*hd] with heads merged.
-  virtual void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) = 0;
+  // Causal softmax(q k^T / sqrt(hd)) v; out [B, T, H*hd] with heads merged. mask (optional):
+  // keys hidden per sequence (AttnMask above); the backward must get the forward's mask.
+  virtual void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v,
+                                 const AttnMask& mask = {}) = 0;
   virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats,
-                                  Tensor q, Tensor k, Tensor v, Grad mode = Grad::add) = 0;
+                                  Tensor q, Tensor k, Tensor v, Grad mode = Grad::add,
+                                  const AttnMask& mask = {}) = 0;
 
   // ---- inference with KV caches (infer/) -----------------------------------------------------
   // qkv [B, T, H*3*hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] (rotary at those

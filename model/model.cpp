@@ -52,6 +52,10 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
         stack_views(table_, grads_, "token_decoder.gpt_neox.", cfg.token_decoder.layers));
     block_dec_->reserve(B, N);
     token_dec_->reserve(rows_td, S);
+    keys_a_ = be_.alloc({B, N}, DType::i32);
+    first_a_ = be_.alloc({B}, DType::i32);
+    keys_b_ = be_.alloc({rows_td, S}, DType::i32);
+    first_b_ = be_.alloc({rows_td}, DType::i32);
     emb_b_ = be_.alloc({B, N, DB}, a);
     prefix_ = be_.alloc({B, N, R * DT}, a);
     tok_emb_ = be_.alloc({B, L, DT}, a);
@@ -71,6 +75,8 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
                                               stack_views(table_, params_, "gpt_neox.", cfg.decoder.layers),
                                               stack_views(table_, grads_, "gpt_neox.", cfg.decoder.layers));
     dec_->reserve(B, L);
+    keys_a_ = be_.alloc({B, L}, DType::i32);
+    first_a_ = be_.alloc({B}, DType::i32);
     emb_ = be_.alloc({B, L, D}, a);
     d_emb_b_ = be_.alloc({B, L, D}, a);  // gradient of the token embeddings
     d_sel_ = be_.alloc({rows, D}, a);    // gradient of the decoder output
@@ -128,6 +134,26 @@ void Model::build_targets(const int32_t* tokens, const uint8_t* mask, int B) {
   }
 }
 
+AttnMask Model::upload_mask(const std::vector<int32_t>& keys, int64_t rows, int64_t T, Tensor keys_buf,
+                            Tensor first_buf) {
+  h_first_.assign(rows, int32_t(T));
+  bool hidden = false;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < T; ++t) {
+      if (!keys[r * T + t]) {
+        hidden = true;
+      } else if (h_first_[r] == T) {
+        h_first_[r] = int32_t(t);
+      }
+    }
+  if (!hidden) return {};  // every key visible: the unmasked kernels
+  AttnMask m{Tensor(keys_buf.data, {rows, T}, DType::i32, keys_buf.device),
+             Tensor(first_buf.data, {rows}, DType::i32, first_buf.device)};
+  be_.upload(m.keys, keys.data(), DType::i32);
+  be_.upload(m.first, h_first_.data(), DType::i32);
+  return m;
+}
+
 LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad, double dscale) {
   BT_CHECK(max_B_ > 0, "model: built for inference only (max_batch 0): forward() needs a micro batch");
   BT_CHECK(B >= 1 && B <= max_B_, "model: batch of ", B, " sequences exceeds the micro batch ", max_B_,
@@ -150,11 +176,28 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
     const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
     const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length, S = R + LB - 1;
     const int64_t rows_td = int64_t(B) * (N - 1);
+    // Pads hidden from attention (the official attention_mask): a block is hidden from the block
+    // decoder when all its tokens are pads; in a token-decoder row the prefix is always visible
+    // and each input token t_1 .. t_{L_B-1} is hidden when it is a pad.
+    mask_a_ = mask_b_ = AttnMask{};
+    if (mask) {
+      h_keys_.assign(size_t(B) * N, 0);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t j = 0; j < LB; ++j) h_keys_[b * N + i] |= mask[b * L + i * LB + j] ? 1 : 0;
+      mask_a_ = upload_mask(h_keys_, B, N, keys_a_, first_a_);
+      h_keys_.assign(size_t(rows_td) * S, 1);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i + 1 < N; ++i)
+          for (int64_t j = 0; j + 1 < LB; ++j)
+            h_keys_[(b * (N - 1) + i) * S + R + j] = mask[b * L + (i + 1) * LB + j] ? 1 : 0;
+      mask_b_ = upload_mask(h_keys_, rows_td, S, keys_b_, first_b_);
+    }
     // 1. lookup embedder: L_B token vectors of width D_B/L_B concatenated per block
     Tensor emb_b(emb_b_.data, {int64_t(B) * L, DB / LB}, emb_b_.dtype, emb_b_.device);
     be_.embedding_forward(emb_b, tok, param("embedder.embeddings.weight"));
     // 2. block decoder over N block embeddings
-    ctx_ = block_dec_->forward(emb_b.view({B, N, DB}), B, N);  // [B, N, D_B]
+    ctx_ = block_dec_->forward(emb_b.view({B, N, DB}), B, N, mask_a_);  // [B, N, D_B]
     // 3. prefix expansion of every context embedding (the last block's is unused)
     Tensor prefix(prefix_.data, {int64_t(B) * N, R * DT}, prefix_.dtype, prefix_.device);
     be_.matmul_forward(prefix, ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"),
@@ -164,15 +207,20 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
     be_.embedding_forward(tok_emb, tok, param("token_decoder.gpt_neox.embed_in.weight"));
     Tensor td_in(td_in_.data, {rows_td, S, DT}, td_in_.dtype, td_in_.device);
     be_.td_assemble_forward(td_in, prefix.view({B, N, R * DT}), tok_emb.view({B, L, DT}), int(R), int(LB));
-    td_out_ = token_dec_->forward(td_in, rows_td, S);
+    td_out_ = token_dec_->forward(td_in, rows_td, S, mask_b_);
     sel = Tensor(td_sel_.data, {rows_td * LB, DT}, td_sel_.dtype, td_sel_.device);
     be_.td_select_forward(sel, td_out_, int(R), int(LB));
     head = param("token_decoder.embed_out.weight");
   } else {
     const int64_t D = cfg_.decoder.dim;
+    mask_a_ = AttnMask{};
+    if (mask) {  // pads hidden from attention, as HF GPT-NeoX does with attention_mask = 0
+      h_keys_.assign(mask, mask + size_t(B) * L);
+      mask_a_ = upload_mask(h_keys_, B, L, keys_a_, first_a_);
+    }
     Tensor emb(emb_.data, {int64_t(B) * L, D}, emb_.dtype, emb_.device);
     be_.embedding_forward(emb, tok, param("gpt_neox.embed_in.weight"));
-    dec_out_ = dec_->forward(emb.view({B, L, D}), B, L);
+    dec_out_ = dec_->forward(emb.view({B, L, D}), B, L, mask_a_);
     sel = dec_out_.view({int64_t(B) * L, D});
     head = param("embed_out.weight");
   }

@@ -45,7 +45,12 @@ class Model {
   void get_params(void* host, DType t);
 
   // Runs the model on B windows of L tokens. tokens [B, L]; mask [B, L] (1 = real token, 0 = pad;
-  // null = all real). Pads are inputs but never targets. With backward, also computes
+  // null = all real), the official pipeline's attention_mask. A pad is never a target and is
+  // hidden from attention as the official code hides it (docs/architecture.md, Pads): its key is
+  // invisible to every query of the vanilla model and the token decoder, and a block whose L_B
+  // tokens are all pads is invisible to the block decoder. Pads still enter the embedder (a
+  // block's vector holds its pads' embeddings), and a pad's own query still computes an output
+  // (in the token decoder it predicts the next token). With backward, also computes
   // d(dscale * loss_sum)/dlogits, ready for backward().
   LossStats forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad = false, double dscale = 1.0);
   // Accumulates d(dscale * loss_sum)/dparams into grads() (call zero_grads() first).
@@ -66,6 +71,9 @@ class Model {
  private:
   Tensor logits_rows(int B) const;
   void build_targets(const int32_t* tokens, const uint8_t* mask, int B);
+  // Uploads a key mask of `rows` sequences of T keys (host keys [rows * T], 1 = visible) into the
+  // buffers keys [>= rows * T], first [>= rows]; an empty mask when every key is visible.
+  AttnMask upload_mask(const std::vector<int32_t>& keys, int64_t rows, int64_t T, Tensor keys_buf, Tensor first_buf);
 
   ModelConfig cfg_;
   Backend& be_;
@@ -81,6 +89,11 @@ class Model {
   Tensor tokens_;   // [B, L] i32
   Tensor targets_;  // [rows] i32 (-1 ignored)
   std::vector<int32_t> h_targets_;
+  // key masks (pads hidden from attention), rebuilt by every forward; empty when nothing is hidden
+  Tensor keys_a_, first_a_;  // block decoder [B, N], [B] (vanilla: [B, L], [B])
+  Tensor keys_b_, first_b_;  // token decoder [B*(N-1), S], [B*(N-1)]
+  AttnMask mask_a_, mask_b_;
+  std::vector<int32_t> h_keys_, h_first_;
   // block model activations
   Tensor emb_b_;    // [B, N, D_B] block embeddings (lookup-concat)
   Tensor prefix_;   // [B, N, R*D_T] prefix expansion of every context embedding

@@ -54,12 +54,12 @@ class ProfilingBackend final : public Backend {
     return in_.attention_stats_shape(B, H, T);
   }
   DType attention_stats_dtype() const override { return in_.attention_stats_dtype(); }
-  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) override {
-    timed("attention", [&] { in_.attention_forward(out, stats, q, k, v); });
+  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v, const AttnMask& mask) override {
+    timed("attention", [&] { in_.attention_forward(out, stats, q, k, v, mask); });
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v, Grad mode) override {
-    timed("attention", [&] { in_.attention_backward(dq, dk, dv, dout, out, stats, q, k, v, mode); });
+                          Tensor k, Tensor v, Grad mode, const AttnMask& mask) override {
+    timed("attention", [&] { in_.attention_backward(dq, dk, dv, dout, out, stats, q, k, v, mode, mask); });
   }
   void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) override {
     timed("rotary", [&] { in_.qkv_rotary_cache(q, kc, vc, qkv, pos0, rope); });

@@ -216,8 +216,9 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorOut>
     BT_CHECK(!h.contains(t.name), path, ": tensor '", t.name, "' given twice");
     size_t n = 1;
     for (int64_t d : t.shape) n *= static_cast<size_t>(d);
-    h[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {off, off + n * 4}}};
-    off += n * 4;
+    const size_t es = t.data_f64 ? 8 : 4;
+    h[t.name] = {{"dtype", t.data_f64 ? "F64" : "F32"}, {"shape", t.shape}, {"data_offsets", {off, off + n * es}}};
+    off += n * es;
   }
   std::string header = h.dump();
   while ((8 + header.size()) % 8 != 0) header.push_back(' ');
@@ -232,7 +233,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorOut>
     for (const auto& t : tensors) {
       size_t n = 1;
       for (int64_t d : t.shape) n *= static_cast<size_t>(d);
-      write_all(fd, t.data, n * 4, path);  // little-endian hosts only (x86-64, aarch64)
+      // little-endian hosts only (x86-64, aarch64)
+      if (t.data_f64)
+        write_all(fd, t.data_f64, n * 8, path);
+      else
+        write_all(fd, t.data, n * 4, path);
     }
     BT_CHECK(::fsync(fd) == 0, path, ": fsync failed (", std::strerror(errno), ")");
   } catch (...) {

@@ -1,7 +1,7 @@
 // safetensors files (https://github.com/huggingface/safetensors format): an 8-byte little-endian
 // header length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__":
 // {str: str}}, then the raw little-endian tensor bytes. PyTorch's safetensors.torch.load_file
-// reads what write_safetensors writes (fp32 only), and SafetensorsReader reads F32, F64, F16 and
+// reads what write_safetensors writes (F32, or F64), and SafetensorsReader reads F32, F64, F16 and
 // BF16 tensors (converted to float on read), so official checkpoints saved in bf16 load too.
 // Every offset and size is checked against the file size before any read: a truncated or
 // corrupt file is a one-line error naming the file and the tensor.
@@ -50,14 +50,16 @@ class SafetensorsReader {
   std::map<std::string, std::string> metadata_;
 };
 
-// One fp32 tensor to write. data points at numel(shape) floats owned by the caller.
+// One tensor to write: F32 from data, or F64 from data_f64 when that is set (numel(shape) values
+// owned by the caller).
 struct SafetensorOut {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;
+  const double* data_f64 = nullptr;
 };
 
-// Writes an F32 safetensors file at `path` (not atomically: callers write into a temporary
+// Writes a safetensors file at `path` (not atomically: callers write into a temporary
 // directory) and fsyncs it. Tensors are laid out in the given order, 8-byte aligned header.
 void write_safetensors(const std::string& path, const std::vector<SafetensorOut>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

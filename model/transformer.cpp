@@ -102,10 +102,11 @@ void TransformerStack::reserve(int64_t max_rows, int64_t T) {
 // A [B, ...] view at the start of a buffer reserved for max_rows_ rows.
 Tensor TransformerStack::rows(Tensor t, Shape s) const { return Tensor(t.data, s, t.dtype, t.device); }
 
-Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T) {
+Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T, const AttnMask& mask) {
   BT_CHECK(B <= max_rows_ && T == T_, "TransformerStack::forward: batch ", B, "x", T, " exceeds the reserved ",
            max_rows_, "x", T_);
   B_ = B;
+  mask_ = mask;
   const int64_t D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   x_in_ = x.view({B, T, D});
   Tensor cur = x_in_;
@@ -130,7 +131,7 @@ Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T) {
     // attention branch: LN1 -> QKV -> rotary -> causal attention -> dense
     be_.matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b);
     be_.qkv_rotary_forward(q, k, v, qkv, d_.rope);
-    be_.attention_forward(atty, stats, q, k, v);
+    be_.attention_forward(atty, stats, q, k, v, mask_);
     be_.matmul_forward(attn_out, atty, w.attn_w, w.attn_b);
     // MLP branch (parallel residual: LN2 of the same layer input)
     be_.matmul_forward(fch, ln2, w.fc_w, w.fc_b);
@@ -193,7 +194,7 @@ void TransformerStack::backward(Tensor dout, Tensor dx, const std::function<void
     Tensor datty = rows(datty_, {B, T, D});
     be_.matmul_backward(datty, g.attn_w, g.attn_b, dcur, atty, w.attn_w, Grad::overwrite);
     Tensor dq = rows(dq_, {B, H, T, hd}), dk = rows(dk_, {B, H, T, hd}), dv = rows(dv_, {B, H, T, hd});
-    be_.attention_backward(dq, dk, dv, datty, atty, stats, q, k, v, Grad::overwrite);
+    be_.attention_backward(dq, dk, dv, datty, atty, stats, q, k, v, Grad::overwrite, mask_);
     Tensor dqkv = rows(dqkv_, {B, T, 3 * D});
     be_.qkv_rotary_backward(dqkv, dq, dk, dv, d_.rope, Grad::overwrite);
     be_.matmul_backward(dln, g.qkv_w, g.qkv_b, dqkv, ln1, w.qkv_w, Grad::overwrite);

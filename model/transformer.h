@@ -54,8 +54,9 @@ class TransformerStack {
   // Allocates activations for up to max_rows sequences of length T (once; reused every step).
   void reserve(int64_t max_rows, int64_t T);
   // x [B, T, D] -> returns [B, T, D] (after the final LayerNorm). x is kept (not copied): it
-  // must stay unchanged until backward.
-  Tensor forward(Tensor x, int64_t B, int64_t T);
+  // must stay unchanged until backward. mask (optional, model/backend.h AttnMask): keys hidden
+  // from every layer's attention (pads); its tensors must keep their contents until backward.
+  Tensor forward(Tensor x, int64_t B, int64_t T, const AttnMask& mask = {});
   // dout [B, T, D] gradient of the stack's output -> dx [B, T, D] accumulated (+=);
   // parameter gradients accumulated into the grads views.
   // on_ready (optional) is called with a gradient tensor each time every parameter gradient at
@@ -102,6 +103,7 @@ class TransformerStack {
   int64_t max_rows_ = 0, T_ = 0, B_ = 0;
   std::vector<LayerActs> acts_;
   Tensor x_in_;                      // [B, T, D] the input given to forward
+  AttnMask mask_;                    // the key mask given to forward (views; empty: none)
   Tensor final_res_;                 // [B, T, D] residual after the last layer
   Tensor lnf_, lnf_mean_, lnf_rstd_; // final LayerNorm
   // backward scratch, shared by all layers

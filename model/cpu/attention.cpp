@@ -5,8 +5,9 @@
 // form on their first rd dims (dim i pairs with dim i + rd/2, angle = t * base^(-2i/rd), cos
 // and sin taken in double and rounded to T); dims >= rd pass through.
 //
-// attention: per (batch, head), scores = q k^T / sqrt(hd), causal mask, softmax by rows
-// (max-subtracted), out = att @ v written with heads merged into [B, T, H * hd]. att keeps the
+// attention: per (batch, head), scores = q k^T / sqrt(hd), causal mask, keys hidden by the
+// optional key mask (pads, model/backend.h AttnMask) left out, softmax by rows (max-subtracted),
+// out = att @ v written with heads merged into [B, T, H * hd]. att keeps the
 // probabilities (zeros above the diagonal) for the backward. OpenMP runs over batch x heads;
 // loops over hd are `omp simd` so they vectorize, and hd = 32, 64, 128 get kernels with the head
 // dim as a compile-time constant (the output row stays in registers). Accumulation is in T. The
@@ -95,29 +96,36 @@ namespace {
 // One (batch, head) of the forward. HD > 0 makes the head dim a compile-time constant (the
 // d-loops unroll and the output row stays in registers: 3x faster at hd = 32); HD = 0 is the
 // generic path. qh, kh, vh [T, hd]; att_h [T, T]; out_h points at (b, t = 0, h) of out, rows
-// `out_stride` apart.
+// `out_stride` apart. km [T] (the sequence's key mask, 1 = visible) may be null: all visible;
+// first = the first visible key (rows t < first have none and average v_0..v_t equally).
 template <class T, int HD>
 void attention_head_forward(T* out_h, size_t out_stride, T* att_h, const T* qh, const T* kh, const T* vh, int Tn,
-                            int hd_runtime, T scale) {
+                            int hd_runtime, T scale, const int32_t* km, int first) {
   const int hd = HD > 0 ? HD : hd_runtime;
   constexpr int kAcc = HD > 0 ? HD : 1;
   for (int t = 0; t < Tn; ++t) {
     T* p = att_h + static_cast<size_t>(t) * Tn;
     const T* qt = qh + static_cast<size_t>(t) * hd;
-    T mx = -INFINITY;
-    for (int j = 0; j <= t; ++j) {
-      const T sj = dot(qt, kh + static_cast<size_t>(j) * hd, hd) * scale;
-      p[j] = sj;
-      mx = sj > mx ? sj : mx;
+    if (t < first) {  // no visible key (a row of only pads): equal weights over keys 0..t
+      const T w = T(1) / T(t + 1);
+      for (int j = 0; j <= t; ++j) p[j] = w;
+    } else {
+      T mx = -INFINITY;
+      for (int j = 0; j <= t; ++j) {
+        if (km && !km[j]) continue;  // a hidden key (pad)
+        const T sj = dot(qt, kh + static_cast<size_t>(j) * hd, hd) * scale;
+        p[j] = sj;
+        mx = sj > mx ? sj : mx;
+      }
+      T sum = 0;
+      for (int j = 0; j <= t; ++j) {
+        const T e = km && !km[j] ? T(0) : std::exp(p[j] - mx);
+        p[j] = e;
+        sum += e;
+      }
+      const T inv = T(1) / sum;
+      for (int j = 0; j <= t; ++j) p[j] *= inv;
     }
-    T sum = 0;
-    for (int j = 0; j <= t; ++j) {
-      const T e = std::exp(p[j] - mx);
-      p[j] = e;
-      sum += e;
-    }
-    const T inv = T(1) / sum;
-    for (int j = 0; j <= t; ++j) p[j] *= inv;
     for (int j = t + 1; j < Tn; ++j) p[j] = 0;
     T* o = out_h + t * out_stride;
     if constexpr (HD > 0) {
@@ -133,9 +141,11 @@ void attention_head_forward(T* out_h, size_t out_stride, T* att_h, const T* qh, 
 
 // One (batch, head) of the backward, summing into dq_h (one `+=` per row) and into the zeroed
 // per-thread dk_acc, dv_acc [T, hd]. dout_h is laid out like out_h above; dp is [T] scratch.
+// km as in the forward: a hidden key's score is a constant, so it gets no score gradient.
 template <class T, int HD>
 void attention_head_backward(T* dq_h, T* dk_acc, T* dv_acc, T* dp, const T* dout_h, size_t out_stride,
-                             const T* att_h, const T* qh, const T* kh, const T* vh, int Tn, int hd_runtime, T scale) {
+                             const T* att_h, const T* qh, const T* kh, const T* vh, int Tn, int hd_runtime, T scale,
+                             const int32_t* km) {
   const int hd = HD > 0 ? HD : hd_runtime;
   constexpr int kRow = HD > 0 ? HD : 512;  // the generic path's dq row lives on the stack too
   T dq_row[kRow];
@@ -152,6 +162,7 @@ void attention_head_backward(T* dq_h, T* dk_acc, T* dv_acc, T* dp, const T* dout
     }
     for (int d = 0; d < hd; ++d) dq_row[d] = 0;
     for (int j = 0; j <= t; ++j) {
+      if (km && !km[j]) continue;
       const T ds = p[j] * (dp[j] - pdp) * scale;  // d(score_j) including the 1/sqrt(hd)
       axpy(dq_row, ds, kh + static_cast<size_t>(j) * hd, hd);
       axpy(dk_acc + static_cast<size_t>(j) * hd, ds, qt, hd);
@@ -166,8 +177,9 @@ void attention_head_backward(T* dq_h, T* dk_acc, T* dv_acc, T* dp, const T* dout
 }  // namespace
 
 template <class T>
-void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_t B, int Tn, int H, int hd) {
-  // out [B, T, H * hd]; att [B, H, T, T]; q, k, v [B, H, T, hd]
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_t B, int Tn, int H, int hd,
+                       const int32_t* keys, const int32_t* first) {
+  // out [B, T, H * hd]; att [B, H, T, T]; q, k, v [B, H, T, hd]; keys [B, T], first [B] (or null)
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
   const long BH = static_cast<long>(B) * H;
   const size_t TT = static_cast<size_t>(Tn) * Tn, head = static_cast<size_t>(Tn) * hd;
@@ -178,19 +190,21 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_
     T* out_h = out + b * Tn * out_stride + h * hd;
     const T *qh = q + bh * head, *kh = k + bh * head, *vh = v + bh * head;
     T* att_h = att + bh * TT;
+    const int32_t* km = keys ? keys + b * Tn : nullptr;
+    const int f = keys ? first[b] : 0;
     switch (hd) {
-      case 32: attention_head_forward<T, 32>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale); break;
-      case 64: attention_head_forward<T, 64>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale); break;
-      case 128: attention_head_forward<T, 128>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale); break;
-      default: attention_head_forward<T, 0>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale);
+      case 32: attention_head_forward<T, 32>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+      case 64: attention_head_forward<T, 64>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+      case 128: attention_head_forward<T, 128>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+      default: attention_head_forward<T, 0>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f);
     }
   }
 }
 
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v,
-                        size_t B, int Tn, int H, int hd) {
-  // dq, dk, dv [B, H, T, hd]; dout [B, T, H * hd]; att [B, H, T, T]; q, k, v [B, H, T, hd]
+                        size_t B, int Tn, int H, int hd, const int32_t* keys) {
+  // dq, dk, dv [B, H, T, hd]; dout [B, T, H * hd]; att [B, H, T, T]; q, k, v [B, H, T, hd]; keys [B, T] or null
   BT_CHECK(hd <= 512, "attention_backward: head dim ", hd, " is above the CPU backend's limit of 512");
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
   const long BH = static_cast<long>(B) * H;
@@ -206,21 +220,26 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const 
       const T *qh = q + bh * head, *kh = k + bh * head, *vh = v + bh * head;
       const T* att_h = att + bh * TT;
       T* dq_h = dq ? dq + bh * head : nullptr;
+      const int32_t* km = keys ? keys + b * Tn : nullptr;
       std::fill(dk_acc.begin(), dk_acc.end(), T(0));
       std::fill(dv_acc.begin(), dv_acc.end(), T(0));
       T *dka = dk_acc.data(), *dva = dv_acc.data(), *dpp = dp.data();
       switch (hd) {
         case 32:
-          attention_head_backward<T, 32>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale);
+          attention_head_backward<T, 32>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
+                                          km);
           break;
         case 64:
-          attention_head_backward<T, 64>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale);
+          attention_head_backward<T, 64>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
+                                          km);
           break;
         case 128:
-          attention_head_backward<T, 128>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale);
+          attention_head_backward<T, 128>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
+                                          km);
           break;
         default:
-          attention_head_backward<T, 0>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale);
+          attention_head_backward<T, 0>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
+                                          km);
       }
       if (dk) {
         T* o = dk + bh * head;
@@ -241,12 +260,12 @@ template void qkv_rotary_backward<float>(float*, const float*, const float*, con
 template void qkv_rotary_backward<double>(double*, const double*, const double*, const double*, size_t, int, int, int,
                                           int, double);
 template void attention_forward<float>(float*, float*, const float*, const float*, const float*, size_t, int, int,
-                                       int);
+                                       int, const int32_t*, const int32_t*);
 template void attention_forward<double>(double*, double*, const double*, const double*, const double*, size_t, int,
-                                        int, int);
+                                        int, int, const int32_t*, const int32_t*);
 template void attention_backward<float>(float*, float*, float*, const float*, const float*, const float*,
-                                        const float*, const float*, size_t, int, int, int);
+                                        const float*, const float*, size_t, int, int, int, const int32_t*);
 template void attention_backward<double>(double*, double*, double*, const double*, const double*, const double*,
-                                         const double*, const double*, size_t, int, int, int);
+                                         const double*, const double*, size_t, int, int, int, const int32_t*);
 
 }  // namespace bt::cpu

@@ -95,18 +95,30 @@ class CpuBackend final : public Backend {
   }
   Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn, Tn}; }
   DType attention_stats_dtype() const override { return dtype_of<T>(); }
-  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) override {
+  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v, const AttnMask& mask) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
     BT_CHECK(out.numel() == q.numel() && stats.numel() == (size_t)(B * H * Tn * Tn), "attention_forward: shapes");
-    cpu::attention_forward(p(out), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
+    check_mask(mask, B, Tn, "attention_forward");
+    cpu::attention_forward(p(out), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd, mask_keys(mask),
+                           mask.empty() ? nullptr : mask.first.ptr<int32_t>());
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v, Grad mode) override {
+                          Tensor k, Tensor v, Grad mode, const AttnMask& mask) override {
     if (mode == Grad::overwrite)
       for (const Tensor& t : {dq, dk, dv}) zero(t);
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
-    cpu::attention_backward(p(dq), p(dk), p(dv), p(dout), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd);
+    check_mask(mask, B, Tn, "attention_backward");
+    cpu::attention_backward(p(dq), p(dk), p(dv), p(dout), p(stats), p(q), p(k), p(v), B, (int)Tn, (int)H, (int)hd,
+                            mask_keys(mask));
   }
+  static void check_mask(const AttnMask& m, int64_t B, int64_t Tn, const char* op) {
+    if (m.empty()) return;
+    BT_CHECK(m.keys.dtype == DType::i32 && m.first.dtype == DType::i32 && m.keys.numel() == size_t(B * Tn) &&
+                 m.first.numel() == size_t(B),
+             op, ": the key mask must be i32 [", B, ", ", Tn, "] with first [", B, "], got ", m.keys.shape.str(), " ",
+             dtype_name(m.keys.dtype), " and ", m.first.shape.str());
+  }
+  static const int32_t* mask_keys(const AttnMask& m) { return m.empty() ? nullptr : m.keys.ptr<int32_t>(); }
 
   void qkv_rotary_cache(Tensor q, Tensor kc, Tensor vc, Tensor qkv, int64_t pos0, RotaryParams rope) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);

@@ -39,12 +39,15 @@ void qkv_rotary_backward(T* dqkv, const T* dq, const T* dk, const T* dv, size_t 
                          double base);
 
 // Causal attention. q, k, v [B, H, T, hd]; att [B, H, T, T] softmax probabilities (upper
-// triangle written as 0); out [B, T, H * hd] (heads merged); scale 1/sqrt(hd).
+// triangle written as 0); out [B, T, H * hd] (heads merged); scale 1/sqrt(hd). keys [B, T]
+// (1 = visible) and first [B] (first visible key): pads hidden as model/backend.h AttnMask
+// says; null: every key visible.
 template <class T>
-void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_t B, int Tn, int H, int hd);
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_t B, int Tn, int H, int hd,
+                       const int32_t* keys = nullptr, const int32_t* first = nullptr);
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const T* q, const T* k, const T* v,
-                        size_t B, int Tn, int H, int hd);
+                        size_t B, int Tn, int H, int hd, const int32_t* keys = nullptr);
 
 // Exact GELU (erf).
 template <class T> void gelu_forward(T* out, const T* x, size_t n);

@@ -121,9 +121,11 @@ void attention_setup(int device) {
 }
 
 void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int H, int T,
-                       int hd, DType t, cudaStream_t stream) {
+                       int hd, DType t, const int32_t* keys, const int32_t* first, cudaStream_t stream) {
   if (size_t(B) * H * T * hd == 0) return;
   AttnArgs a;
+  a.keys = keys;
+  a.first = first;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -148,9 +150,12 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
 
 void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* out, const float* lse,
                         const void* q, const void* k, const void* v, int B, int H, int T, int hd, DType t,
-                        bool overwrite, Scratch& scratch, cudaStream_t stream) {
+                        const int32_t* keys, const int32_t* first, bool overwrite, Scratch& scratch,
+                        cudaStream_t stream) {
   if (size_t(B) * H * T * hd == 0 || (!dq && !dk && !dv)) return;
   AttnArgs a;
+  a.keys = keys;
+  a.first = first;
   a.q = q;
   a.k = k;
   a.v = v;

@@ -3,7 +3,9 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #include "core/dtype.h"
 
@@ -23,23 +25,45 @@ struct AttnArgs {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
+  // key mask (model/backend.h AttnMask), both null when every key is visible:
+  // keys [B, T] i32 (1 = visible), first [B] i32 (the first visible key of each sequence)
+  const int32_t* keys = nullptr;
+  const int32_t* first = nullptr;
   int B = 0, H = 0, T = 0, hd = 0;
   float scale = 1.f;       // 1 / sqrt(hd)
   bool overwrite = false;  // backward: dq, dk, dv = ... instead of +=
 };
 
+// The key mask of one sequence (model/backend.h AttnMask): km [T] (null: every key visible) and
+// the first visible key. Device code only.
+struct KeyMask {
+  const int32_t* km = nullptr;
+  int first = 0;
+  __device__ KeyMask(const AttnArgs& a, int b)
+      : km(a.keys ? a.keys + size_t(b) * a.T : nullptr), first(a.keys ? a.first[b] : 0) {}
+  __device__ bool visible(int key) const { return !km || km[key] != 0; }
+  // The score of a causal pair key <= query: the scaled score of a visible key; for a hidden
+  // key 0 when the query has no visible key (equal weights over its keys), else -inf.
+  __device__ float score(float scaled, int key, int query) const {
+    if (visible(key)) return scaled;
+    return query < first ? 0.f : -INFINITY;
+  }
+};
+
 // One (b, h) of the arguments, for the kernels with blockIdx.x = b * H + h: q, k, v rows of this
-// head at t * hd, dout rows at t * H * hd (dout null in the forward). Device code only.
+// head at t * hd, dout rows at t * H * hd (dout null in the forward), the sequence's key mask.
+// Device code only.
 template <class T>
 struct AttnHead {
   int Tn, hd, H, bh, b, h;
   size_t head;
   const T *q, *k, *v, *dout;
+  KeyMask mask;
   __device__ explicit AttnHead(const AttnArgs& a)
       : Tn(a.T), hd(a.hd), H(a.H), bh(int(blockIdx.x)), b(bh / H), h(bh % H), head(size_t(bh) * Tn * hd),
         q(static_cast<const T*>(a.q) + head), k(static_cast<const T*>(a.k) + head),
         v(static_cast<const T*>(a.v) + head),
-        dout(a.dout ? static_cast<const T*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr) {}
+        dout(a.dout ? static_cast<const T*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr), mask(a, b) {}
 };
 
 // T <= kSmallMaxT: one warp per (b, h) (attention_small.cu).

@@ -7,9 +7,11 @@
 // - forward: a block owns kRows = 16 queries (4 per warp). It walks the key tiles of 32 up to
 //   its last query (causal), staging K and V in shared memory. Lane j scores key j against the
 //   warp's 4 queries; running max / sum / output (each lane owns hd/32 output dims) are
-//   rescaled per tile. lse = m + log(l).
+//   rescaled per tile. lse = m + log(l). Keys hidden by the optional key mask (model/backend.h
+//   AttnMask) score -inf, or 0 in a row with no visible key (AttnHead::mask).
 // - backward dK, dV: a block owns 16 keys, walks the query tiles of 32 from its first key to T,
-//   lane i takes query i: p = exp(s - lse_i), dp = dO_i . v_j, ds = p (dp - D_i) / sqrt(hd),
+//   lane i takes query i: p = exp(s - lse_i), dp = dO_i . v_j, ds = p (dp - D_i) / sqrt(hd)
+//   (0 for a hidden key),
 //   dV_j += p dO_i, dK_j += ds q_i, the sums over the 32 queries by shuffles in lane order.
 // - backward dQ: a block owns 16 queries and walks the key tiles like the forward:
 //   dQ_i += ds k_j.
@@ -86,8 +88,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
 #pragma unroll
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int qi = q0 + warp * Tr::kRowsPerWarp + r;
-      const float sv = (key <= qi && key < Tn) ? s[r] * a.scale : -INFINITY;
-      const float mnew = fmaxf(m[r], warp_max(sv));  // finite: key 0 is in the first tile of every row
+      const float sv = (key <= qi && key < Tn) ? ah.mask.score(s[r] * a.scale, key, qi) : -INFINITY;
+      const float mnew = fmaxf(m[r], warp_max(sv));  // -inf while a row has seen only hidden keys
       const float p = sv == -INFINITY ? 0.f : expf(sv - mnew);
       const float corr = m[r] == -INFINITY ? 0.f : expf(m[r] - mnew);
       l[r] = l[r] * corr + warp_sum(p);
@@ -185,8 +187,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int key = k0 + warp * Tr::kRowsPerWarp + r;
       const bool ok = qi < Tn && key <= qi;
-      const float pr = ok ? expf(p[r] * a.scale - lse_s[lane]) : 0.f;
-      ds[r] = pr * (ds[r] - D_s[lane]) * a.scale;
+      const float pr = ok ? expf(ah.mask.score(p[r] * a.scale, key, qi) - lse_s[lane]) : 0.f;
+      ds[r] = ok && ah.mask.visible(key) ? pr * (ds[r] - D_s[lane]) * a.scale : 0.f;
       p[r] = pr;
     }
     for (int j = 0; j < Tr::kTile; ++j) {
@@ -284,8 +286,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_k
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int qi = q0 + warp * Tr::kRowsPerWarp + r;
       const bool ok = qi < Tn && key <= qi;
-      const float p = ok ? expf(s[r] * a.scale - lse_r[r]) : 0.f;
-      s[r] = p * (dp[r] - D_r[r]) * a.scale;  // ds
+      const float p = ok ? expf(ah.mask.score(s[r] * a.scale, key, qi) - lse_r[r]) : 0.f;
+      s[r] = ok && ah.mask.visible(key) ? p * (dp[r] - D_r[r]) * a.scale : 0.f;  // ds
     }
     for (int j = 0; j < Tr::kTile; ++j) {
       float kv[Tr::kPerLane];

@@ -12,9 +12,11 @@
 // - forward: S = Q_w K^T (16 x 64, fp32) goes to shared memory; two lanes per row apply the
 //   mask, the online-softmax update (running max m and sum l in registers) and rescale the
 //   warp's fp32 output rows O_w [16][HD + 4] in shared memory; P (bf16) then accumulates
-//   O_w += P V on the tensor cores. out = O_w / l, lse = m + log(l).
+//   O_w += P V on the tensor cores. out = O_w / l, lse = m + log(l). Keys hidden by the
+//   optional key mask (model/backend.h AttnMask) score -inf, or 0 in a row with no visible key.
 // - dK, dV: S^T = K_w Q^T and dP^T = V_w dO^T; P^T = exp(scale S^T - lse), dS^T = P^T (dP^T -
-//   D) scale, both rounded to bf16; dV_w += P^T dO and dK_w += dS^T Q accumulate in fragments.
+//   D) scale (0 for a hidden key), both rounded to bf16; dV_w += P^T dO and dK_w += dS^T Q
+//   accumulate in fragments.
 // - dQ: S = Q_w K^T, dP = dO_w V^T, dS as above; dQ_w += dS K.
 // dK/dV and dQ are separate kernels, so every output element has one owner: no atomics,
 // deterministic. Fragments go through shared memory whenever their elements are needed by
@@ -210,12 +212,13 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
 #pragma unroll
     for (int c = 0; c < 32; ++c) {
       const int col = half * 32 + c, key = k0 + col;
-      s[c] = (qi < Tn && key <= qi && live[col / 16]) ? Sw[r * Tr::kLdS + col] * a.scale : -INFINITY;
+      s[c] = (qi < Tn && key <= qi && live[col / 16]) ? t.mask.score(Sw[r * Tr::kLdS + col] * a.scale, key, qi)
+                                                      : -INFINITY;
       mx = fmaxf(mx, s[c]);
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     const float mnew = fmaxf(m, mx);
-    const float mref = mnew == -INFINITY ? 0.f : mnew;  // rows past T see only masked keys
+    const float mref = mnew == -INFINITY ? 0.f : mnew;  // rows past T (or so far only hidden keys)
     const float corr = m == -INFINITY ? 0.f : expf(m - mref);
     float sum = 0.f;
 #pragma unroll
@@ -250,7 +253,8 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
 template <int HD, bool kTransposed>
 __device__ __forceinline__ void probs_and_dscores(bf16* Pw, bf16* dSw, const float* Sw, const float* dPw, int row0,
                                                   int col0, int Tn, float scale, float lse_r, float D_r,
-                                                  const float* lse_c, const float* D_c, int lane) {
+                                                  const float* lse_c, const float* D_c, const KeyMask& mask,
+                                                  int lane) {
   using Tr = TcTraits<HD>;
   const int r = lane >> 1, half = lane & 1;
 #pragma unroll 4
@@ -260,8 +264,8 @@ __device__ __forceinline__ void probs_and_dscores(bf16* Pw, bf16* dSw, const flo
     float p = 0.f, ds = 0.f;
     if (qi < Tn && key <= qi) {
       const float lse = kTransposed ? lse_c[c] : lse_r, D = kTransposed ? D_c[c] : D_r;
-      p = expf(Sw[r * Tr::kLdS + c] * scale - lse);
-      ds = p * (dPw[r * Tr::kLdS + c] - D) * scale;
+      p = expf(mask.score(Sw[r * Tr::kLdS + c] * scale, key, qi) - lse);
+      ds = mask.visible(key) ? p * (dPw[r * Tr::kLdS + c] - D) * scale : 0.f;
     }
     Pw[r * Tr::kLdP + c] = __float2bfloat16_rn(p);
     dSw[r * Tr::kLdP + c] = __float2bfloat16_rn(ds);
@@ -316,7 +320,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
       tc::rows_times_tile_t<HD>(dPw, rf, dOs, live);
     }
     __syncwarp();
-    probs_and_dscores<HD, true>(Pw, dSw, Sw, dPw, kw0, qs, Tn, a.scale, 0.f, 0.f, lse_s, D_s, lane);
+    probs_and_dscores<HD, true>(Pw, dSw, Sw, dPw, kw0, qs, Tn, a.scale, 0.f, 0.f, lse_s, D_s, t.mask, lane);
     __syncwarp();
     tc::probs_times_tile<HD>(dV, Pw, dOs, live);
     tc::probs_times_tile<HD>(dK, dSw, Qs, live);
@@ -382,7 +386,8 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_k
       tc::rows_times_tile_t<HD>(dPw, rf, Vs, live);
     }
     __syncwarp();
-    probs_and_dscores<HD, false>(Pw, dSw, Sw, dPw, qw0, k0, Tn, a.scale, lse_r, D_r, nullptr, nullptr, lane);
+    probs_and_dscores<HD, false>(Pw, dSw, Sw, dPw, qw0, k0, Tn, a.scale, lse_r, D_r, nullptr, nullptr, t.mask,
+                                  lane);
     __syncwarp();
     tc::probs_times_tile<HD>(dQ, dSw, Ks, live);
     __syncwarp();

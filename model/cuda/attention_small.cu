@@ -3,11 +3,12 @@
 // the T x T probabilities in shared memory, lane j owning key j: no tiling, no rescaling, one
 // launch for all B * H rows. Any head dim (the loops over it are strided by lane).
 //
-// Forward: per query i, lane j <= i scores key j; warp max and sum give p and lse; then each
-// lane computes output dims d = lane, lane + 32, ... Backward: p from q, k and lse,
-// dp = dO_i . v_j, D_i = sum_j p dp (the softmax-backward term, from the recomputed p so it
-// needs no `out`), ds = p (dp - D_i) / sqrt(hd); dq, dk, dv by dims per lane, summed in a
-// fixed order. Deterministic, no atomics.
+// Forward: per query i, lane j <= i scores key j (a hidden key of the optional key mask scores
+// -inf, or 0 in a row with no visible key: model/backend.h AttnMask); warp max and sum give p
+// and lse; then each lane computes output dims d = lane, lane + 32, ... Backward: p from q, k
+// and lse, dp = dO_i . v_j, D_i = sum_j p dp (the softmax-backward term, from the recomputed p
+// so it needs no `out`), ds = p (dp - D_i) / sqrt(hd) (0 for a hidden key); dq, dk, dv by dims
+// per lane, summed in a fixed order. Deterministic, no atomics.
 #include <algorithm>
 
 #include "model/cuda/attention.cuh"
@@ -67,6 +68,7 @@ __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
   if (bh >= size_t(a.B) * a.H) return;  // no block-level sync below: a warp may leave
   const int Tn = a.T, hd = a.hd, H = a.H, st = hd + 1;
   const int b = int(bh / H), h = int(bh % H);
+  const KeyMask mask(a, b);
   float* qs = smem + warp * fwd_floats_per_warp(Tn, hd);  // [T][hd+1]
   float* ks = qs + Tn * st;                               // [T][hd+1]
   float* vs = ks + Tn * st;                               // [T][hd+1]
@@ -78,7 +80,7 @@ __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
   __syncwarp();
   for (int i = 0; i < Tn; ++i) {
     const bool ok = lane <= i;
-    const float s = ok ? dot_rows(qs + i * st, ks + lane * st, hd) * a.scale : -INFINITY;
+    const float s = ok ? mask.score(dot_rows(qs + i * st, ks + lane * st, hd) * a.scale, lane, i) : -INFINITY;
     const float mx = warp_max(s);
     const float e = ok ? expf(s - mx) : 0.f;
     const float sum = warp_sum(e);
@@ -103,6 +105,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
   if (bh >= size_t(a.B) * a.H) return;
   const int Tn = a.T, hd = a.hd, H = a.H, st = hd + 1;
   const int b = int(bh / H), h = int(bh % H);
+  const KeyMask mask(a, b);
   float* qs = smem + warp * bwd_floats_per_warp(Tn, hd);  // [T][hd+1]
   float* ks = qs + Tn * st;                               // [T][hd+1]
   float* vs = ks + Tn * st;                               // [T][hd+1]
@@ -119,12 +122,12 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
     const bool ok = lane <= i;
     float p = 0.f, dp = 0.f;
     if (ok) {
-      p = expf(dot_rows(qs + i * st, ks + lane * st, hd) * a.scale - a.lse[bh * Tn + i]);
+      p = expf(mask.score(dot_rows(qs + i * st, ks + lane * st, hd) * a.scale, lane, i) - a.lse[bh * Tn + i]);
       dp = dot_rows(gs + i * st, vs + lane * st, hd);
     }
     const float Di = warp_sum(p * dp);
     ps[i * kWarp + lane] = p;
-    dss[i * kWarp + lane] = p * (dp - Di) * a.scale;
+    dss[i * kWarp + lane] = ok && mask.visible(lane) ? p * (dp - Di) * a.scale : 0.f;
   }
   __syncwarp();
   if (a.dq) {

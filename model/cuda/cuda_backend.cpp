@@ -244,7 +244,14 @@ class CudaBackend final : public Backend {
   }
   Shape attention_stats_shape(int64_t B, int64_t H, int64_t Tn) const override { return Shape{B, H, Tn}; }
   DType attention_stats_dtype() const override { return DType::f32; }
-  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v) override {
+  // The key mask's device pointers (both null for an empty mask), checked against [B, T].
+  std::pair<const int32_t*, const int32_t*> mask_ptrs(const AttnMask& m, int64_t B, int64_t Tn, const char* op) {
+    if (m.empty()) return {nullptr, nullptr};
+    BT_CHECK(m.keys.numel() == size_t(B * Tn) && m.first.numel() == size_t(B), op, ": the key mask must be [", B,
+             ", ", Tn, "] with first [", B, "], got ", m.keys.shape.str(), " and ", m.first.shape.str());
+    return {ids(m.keys, op), ids(m.first, op)};
+  }
+  void attention_forward(Tensor out, Tensor stats, Tensor q, Tensor k, Tensor v, const AttnMask& mask) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
     BT_CHECK(q.shape.ndim == 4 && k.numel() == q.numel() && v.numel() == q.numel() && out.numel() == q.numel() &&
                  stats.numel() == size_t(B * H * Tn),
@@ -252,11 +259,12 @@ class CudaBackend final : public Backend {
     for (const Tensor* t : {&out, &q, &k, &v}) act(*t, "attention_forward");
     f32(stats, "attention_forward stats (log-sum-exp)");
     for (const Tensor* t : {&out, &stats, &q, &k, &v}) dev(*t, "attention_forward");
+    const auto [keys, first] = mask_ptrs(mask, B, Tn, "attention_forward mask");
     cuda::attention_forward(out.data, static_cast<float*>(stats.data), q.data, k.data, v.data, int(B), int(H),
-                            int(Tn), int(hd), act_, stream_);
+                            int(Tn), int(hd), act_, keys, first, stream_);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor stats, Tensor q,
-                          Tensor k, Tensor v, Grad mode) override {
+                          Tensor k, Tensor v, Grad mode, const AttnMask& mask) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3);
     BT_CHECK(q.shape.ndim == 4 && dout.numel() == q.numel() && out.numel() == q.numel() &&
                  stats.numel() == size_t(B * H * Tn) && (dq.empty() || dq.numel() == q.numel()) &&
@@ -267,8 +275,9 @@ class CudaBackend final : public Backend {
       if (!t->empty()) act(*t, "attention_backward");
     f32(stats, "attention_backward stats");
     for (const Tensor* t : {&dout, &out, &stats, &q, &k, &v}) dev(*t, "attention_backward");
+    const auto [keys, first] = mask_ptrs(mask, B, Tn, "attention_backward mask");
     cuda::attention_backward(opt(dq), opt(dk), opt(dv), dout.data, out.data, static_cast<const float*>(stats.data),
-                             q.data, k.data, v.data, int(B), int(H), int(Tn), int(hd), act_,
+                             q.data, k.data, v.data, int(B), int(H), int(Tn), int(hd), act_, keys, first,
                              mode == Grad::overwrite, scratch_, stream_);
   }
 

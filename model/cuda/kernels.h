@@ -72,13 +72,16 @@ void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T
 // ---- attention.cu (+ attention_small.cu, attention_flash_hd*.cu) -------------------------------
 // q, k, v [B, H, T, hd] -> out [B, T, H * hd], lse [B, H, T] f32 (log-sum-exp of the scaled
 // scores per query). T <= 32: one warp per (b, h) holds the whole T x T; longer: tiled
-// online softmax (flash), hd <= 128.
+// online softmax (flash), hd <= 128. keys [B, T] i32 and first [B] i32 (model/backend.h
+// AttnMask) hide pads; both null: every key visible.
 void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int H, int T,
-                       int hd, DType t, cudaStream_t stream);
-// dq, dk, dv [B, H, T, hd] += (or =, overwrite) ...; recomputes the probabilities from q, k and lse.
+                       int hd, DType t, const int32_t* keys, const int32_t* first, cudaStream_t stream);
+// dq, dk, dv [B, H, T, hd] += (or =, overwrite) ...; recomputes the probabilities from q, k and lse
+// (with the forward's key mask).
 void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* out, const float* lse,
                         const void* q, const void* k, const void* v, int B, int H, int T, int hd, DType t,
-                        bool overwrite, Scratch& scratch, cudaStream_t stream);
+                        const int32_t* keys, const int32_t* first, bool overwrite, Scratch& scratch,
+                        cudaStream_t stream);
 // out [B, T, H * hd]: query t (position pos0 + t) over cache positions start[b] .. pos0 + t.
 // start [B] i32 or null (0). kc, vc [B, H, Tmax, hd].
 void attention_cached(void* out, const void* q, const void* kc, const void* vc, const int32_t* start, int B, int H,

@@ -2,7 +2,8 @@
 // same weights, same batch; the loss (and the per-position losses) and the gradient of every
 // parameter tensor. Configs cover L_B = 1, 4, 8, R = 1, 2, 4, short token-decoder rows (the
 // T <= 32 attention kernel) and block-decoder / vanilla rows longer than 32 (the flash kernels),
-// with and without padding.
+// with and without padding (pads are hidden from attention: every kernel family with a key mask,
+// including rows that have no visible key).
 //
 // Bounds: fp32 mode: loss relative 1e-5, each parameter gradient relative L2 error 1e-4.
 // bf16 mode (weights rounded to bf16 for both backends; the CPU computes in fp32): loss
@@ -42,12 +43,37 @@ ModelConfig vanilla_cfg(int V, int L, int D, int H) {
   return m;
 }
 
+enum class Pads { none, every5, documents };
+
 struct Case {
   std::string name;
   ModelConfig cfg;
   int B;
-  bool pads;
+  Pads pads;
 };
+
+// The pad mask [B, L]: none, every fifth token, or documents as the loader pads them with both
+// paper options (front pads 0..L_B-1, pads after each EOS to the block boundary; documents of
+// 3..40 tokens), with sequence 0 starting with two blocks of only pads (hidden from the block
+// decoder; the vanilla model's first queries see no key).
+std::vector<uint8_t> pad_mask(Pads pads, int B, int L, int LB) {
+  std::vector<uint8_t> mask(size_t(B) * L, 1);
+  if (pads == Pads::every5)
+    for (size_t i = 0; i < mask.size(); i += 5) mask[i] = 0;
+  if (pads != Pads::documents) return mask;
+  Rng r(17);
+  for (int b = 0; b < B; ++b) {
+    int p = b == 0 ? 2 * LB : 0;
+    for (int i = 0; i < p && i < L; ++i) mask[size_t(b) * L + i] = 0;
+    while (p < L) {
+      const int front = int(r.below(LB)), len = 3 + int(r.below(38));
+      for (int i = 0; i < front && p < L; ++i) mask[size_t(b) * L + p++] = 0;
+      p += len;  // the document and its EOS
+      while (p < L && p % LB != 0) mask[size_t(b) * L + p++] = 0;
+    }
+  }
+  return mask;
+}
 
 // Initial weights as host floats: the init of docs/design.md §2.1, with norm weights and biases moved off 1/0 so
 // their gradients are generic, rounded to bf16 when the GPU stores bf16.
@@ -72,9 +98,7 @@ void compare_model(const Case& c, const Mode& mode) {
   mg.set_params(w.data(), DType::f32);
   const int L = c.cfg.context_length;
   auto tokens = random_ids(size_t(c.B) * L, c.cfg.vocab_size, 11);
-  std::vector<uint8_t> mask(size_t(c.B) * L, 1);
-  if (c.pads)
-    for (size_t i = 0; i < mask.size(); i += 5) mask[i] = 0;
+  const std::vector<uint8_t> mask = pad_mask(c.pads, c.B, L, c.cfg.is_block() ? c.cfg.block_length : 4);
   mg.zero_grads();
   mc.zero_grads();
   const LossStats sc = mc.forward(tokens.data(), mask.data(), c.B, true, 1.0);
@@ -119,31 +143,39 @@ class CudaModel : public testing::TestWithParam<Mode> {};
 
 TEST_P(CudaModel, BlockShortRows) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"block L=16 LB=4 R=2 D=16", block_cfg(37, 16, 4, 2, 16, 2), 2, false}, GetParam());
+  compare_model({"block L=16 LB=4 R=2 D=16", block_cfg(37, 16, 4, 2, 16, 2), 2, Pads::none}, GetParam());
 }
 TEST_P(CudaModel, BlockWithPads) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"block pads", block_cfg(37, 16, 4, 2, 16, 2), 2, true}, GetParam());
+  compare_model({"block pads", block_cfg(37, 16, 4, 2, 16, 2), 2, Pads::every5}, GetParam());
+}
+TEST_P(CudaModel, BlockWithDocumentPads) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  compare_model({"block document pads", block_cfg(37, 32, 4, 2, 16, 2), 3, Pads::documents}, GetParam());
 }
 TEST_P(CudaModel, BlockLengthOnePrefixOne) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"block LB=1 R=1", block_cfg(29, 8, 1, 1, 16, 2), 3, false}, GetParam());
+  compare_model({"block LB=1 R=1", block_cfg(29, 8, 1, 1, 16, 2), 3, Pads::none}, GetParam());
 }
 TEST_P(CudaModel, BlockLengthEightPrefixFour) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"block LB=8 R=4", block_cfg(41, 24, 8, 4, 24, 3), 2, false}, GetParam());
+  compare_model({"block LB=8 R=4", block_cfg(41, 24, 8, 4, 24, 3), 2, Pads::documents}, GetParam());
 }
 TEST_P(CudaModel, BlockLongBlockDecoder) {  // N = 40 blocks: the flash kernels in the block decoder
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"block L=160 N=40 D=64", block_cfg(101, 160, 4, 2, 64, 2), 2, true}, GetParam());
+  compare_model({"block L=160 N=40 D=64", block_cfg(101, 160, 4, 2, 64, 2), 2, Pads::documents}, GetParam());
 }
 TEST_P(CudaModel, VanillaShort) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"vanilla L=12 D=16", vanilla_cfg(23, 12, 16, 2), 2, true}, GetParam());
+  compare_model({"vanilla L=12 D=16", vanilla_cfg(23, 12, 16, 2), 2, Pads::every5}, GetParam());
 }
 TEST_P(CudaModel, VanillaLong) {  // T = 100 > 32, hd = 32: flash
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
-  compare_model({"vanilla L=100 D=64", vanilla_cfg(97, 100, 64, 2), 2, false}, GetParam());
+  compare_model({"vanilla L=100 D=64", vanilla_cfg(97, 100, 64, 2), 2, Pads::none}, GetParam());
+}
+TEST_P(CudaModel, VanillaLongWithPads) {  // flash with a key mask; sequence 0 starts with 8 pads
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  compare_model({"vanilla L=100 D=64 pads", vanilla_cfg(97, 100, 64, 2), 2, Pads::documents}, GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaModel, testing::Values(fp32_mode(), bf16_mode()), mode_name);

@@ -311,26 +311,47 @@ TEST_P(CudaOps, QkvRotary) {
 
 // ---- attention ------------------------------------------------------------------------------------
 
-// lse [B, H, T] of the scaled causal scores, in double on the host.
-std::vector<double> host_lse(const std::vector<float>& q, const std::vector<float>& k, int B, int H, int T, int hd) {
+// lse [B, H, T] of the scaled causal scores, in double on the host. keys [B, T] (optional, 1 =
+// visible): a hidden key is left out; a row with no visible key scores each causal key 0.
+std::vector<double> host_lse(const std::vector<float>& q, const std::vector<float>& k, int B, int H, int T, int hd,
+                             const std::vector<int32_t>& keys = {}) {
   std::vector<double> out(size_t(B) * H * T);
   const double scale = 1.0 / std::sqrt(double(hd));
   for (int bh = 0; bh < B * H; ++bh)
     for (int i = 0; i < T; ++i) {
-      std::vector<double> s(i + 1);
+      const int b = bh / H;
+      auto vis = [&](int j) { return keys.empty() || keys[size_t(b) * T + j] != 0; };
+      bool any = false;
+      for (int j = 0; j <= i; ++j) any = any || vis(j);
+      std::vector<double> s;
       double mx = -INFINITY;
       for (int j = 0; j <= i; ++j) {
+        if (any && !vis(j)) continue;
         double d = 0;
         for (int e = 0; e < hd; ++e)
           d += double(q[(size_t(bh) * T + i) * hd + e]) * double(k[(size_t(bh) * T + j) * hd + e]);
-        s[j] = d * scale;
-        mx = std::max(mx, s[j]);
+        s.push_back(any ? d * scale : 0.0);
+        mx = std::max(mx, s.back());
       }
       double sum = 0;
       for (double x : s) sum += std::exp(x - mx);
       out[size_t(bh) * T + i] = mx + std::log(sum);
     }
   return out;
+}
+
+// A key mask for B sequences of T keys (model/backend.h AttnMask): sequence 0 starts with 3 pads
+// (rows with no visible key) and has pads spread over it, so that whole 32- and 64-key tiles of a
+// long row are hidden; sequence 1 has every key visible; later ones a pad every 7th key.
+std::pair<std::vector<int32_t>, std::vector<int32_t>> host_key_mask(int B, int T) {
+  std::vector<int32_t> keys(size_t(B) * T, 1), first(B, T);
+  for (int t = 0; t < T; ++t) keys[t] = (t < 3 || t % 5 == 2 || (t >= 40 && t < 110)) ? 0 : 1;
+  for (int b = 2; b < B; ++b)
+    for (int t = 0; t < T; ++t) keys[size_t(b) * T + t] = t % 7 != 3;
+  for (int b = 0; b < B; ++b)
+    for (int t = T - 1; t >= 0; --t)
+      if (keys[size_t(b) * T + t]) first[b] = t;
+  return {keys, first};
 }
 
 // bf16 rows longer than 32 run on the tensor cores (attention_flash_tc.cuh); `cores` =
@@ -342,10 +363,17 @@ void CudaOps::attention_cases(const char* cores) {
                              std::tuple{1, 3, 64, 8}, std::tuple{2, 2, 64, 64}, std::tuple{1, 2, 257, 32},
                              std::tuple{1, 1, 100, 128}, std::tuple{1, 2, 7, 100}, std::tuple{1, 1, 130, 96},
                              std::tuple{1, 2, 200, 64}, std::tuple{3, 1, 1, 16}}) {
+   for (int masked = 0; masked < 2; ++masked) {
     const std::string tag = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " T=" + std::to_string(T) +
-                            " hd=" + std::to_string(hd) + (cores ? " cuda-cores" : "");
+                            " hd=" + std::to_string(hd) + (cores ? " cuda-cores" : "") + (masked ? " masked" : "");
     const size_t N = size_t(B) * H * T * hd;
     const auto hq = random_vec(N, 50, 1.0, bf()), hk = random_vec(N, 51, 1.0, bf());
+    const auto [hkeys, hfirst] = host_key_mask(B, T);
+    AttnMask mg, mc;  // empty unless masked
+    if (masked) {
+      std::tie(mg.keys, mc.keys) = both_ids({B, T}, hkeys);
+      std::tie(mg.first, mc.first) = both_ids({B}, hfirst);
+    }
     auto [qg, qc] = both({B, H, T, hd}, hq);
     auto [kg, kc] = both({B, H, T, hd}, hk);
     auto [vg, vc] = both({B, H, T, hd}, random_vec(N, 52, 1.0, bf()));
@@ -354,20 +382,21 @@ void CudaOps::attention_cases(const char* cores) {
     Tensor sc = cpu_->alloc(cpu_->attention_stats_shape(B, H, T), cpu_->attention_stats_dtype());
     ASSERT_EQ(sg.dtype, DType::f32);
     ASSERT_EQ(sg.numel(), size_t(B) * H * T);
-    gpu_->attention_forward(og, sg, qg, kg, vg);
-    cpu_->attention_forward(oc, sc, qc, kc, vc);
+    gpu_->attention_forward(og, sg, qg, kg, vg, mg);
+    cpu_->attention_forward(oc, sc, qc, kc, vc, mc);
     compare(og, oc, tol({1e-4, 1e-5}, {k2m7, k2m8}), "attention_forward out " + tag);
-    expect_close(get(*gpu_, sg), host_lse(hq, hk, B, H, T, hd), tol({1e-5, 1e-6}, {1e-5, 1e-6}),
-                 "attention_forward lse " + tag + " [" + m_.precision + "]");
+    expect_close(get(*gpu_, sg), host_lse(hq, hk, B, H, T, hd, masked ? hkeys : std::vector<int32_t>{}),
+                 tol({1e-5, 1e-6}, {1e-5, 1e-6}), "attention_forward lse " + tag + " [" + m_.precision + "]");
 
     auto [gg, gc] = both({B, T, H * hd}, random_vec(N, 53, 1.0, bf()));
     Tensor dg[3], dc[3];
     for (int i = 0; i < 3; ++i) std::tie(dg[i], dc[i]) = both({B, H, T, hd}, random_vec(N, 54 + i, 1.0, bf()));
-    gpu_->attention_backward(dg[0], dg[1], dg[2], gg, og, sg, qg, kg, vg);
-    cpu_->attention_backward(dc[0], dc[1], dc[2], gc, oc, sc, qc, kc, vc);
+    gpu_->attention_backward(dg[0], dg[1], dg[2], gg, og, sg, qg, kg, vg, Grad::add, mg);
+    cpu_->attention_backward(dc[0], dc[1], dc[2], gc, oc, sc, qc, kc, vc, Grad::add, mc);
     const char* names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < 3; ++i)
       compare(dg[i], dc[i], tol({1e-4, 2e-5}, {k2m6, k2m7}), std::string("attention_backward ") + names[i] + " " + tag);
+   }
   }
   unsetenv("BT_CUDA_ATTENTION");
 }

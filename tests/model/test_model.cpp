@@ -43,8 +43,22 @@ std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
   return t;
 }
 
+// A pad mask [B, L] as the loader builds it with both paper options (docs/data.md), for a block
+// model with L_B = 4 and L = 16: sequence 0 has front pads before a document, the end of a
+// document padded to the block boundary and the next document's front pads; sequence 1 starts
+// with a block of only pads (hidden from the block decoder, a row with no visible key) and ends
+// with boundary pads. Further sequences: every fifth token a pad.
+std::vector<uint8_t> loader_like_mask(int B, int L) {
+  std::vector<uint8_t> mask(size_t(B) * L, 1);
+  const uint8_t s0[16] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1};
+  const uint8_t s1[16] = {0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+  for (int b = 0; b < B; ++b)
+    for (int p = 0; p < L; ++p) mask[size_t(b) * L + p] = b == 0 ? s0[p % 16] : b == 1 ? s1[p % 16] : (p % 5 != 0);
+  return mask;
+}
+
 // Central differences over sampled entries of every parameter tensor; relative error < 1e-6.
-void gradient_check(const ModelConfig& m, int B, bool with_pads) {
+void gradient_check(const ModelConfig& m, int B, bool with_pads, std::vector<uint8_t> mask = {}) {
   auto be = make_cpu_backend(DType::f64);
   Model model(m, *be, B);
   model.init(7);
@@ -56,9 +70,11 @@ void gradient_check(const ModelConfig& m, int B, bool with_pads) {
       for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] += 0.1 * r.normal();
   const int L = m.context_length;
   auto tokens = random_tokens(B * L, m.vocab_size, 11);
-  std::vector<uint8_t> mask(B * L, 1);
-  if (with_pads)
-    for (int i = 0; i < B * L; i += 5) mask[i] = 0;
+  if (mask.empty()) {
+    mask.assign(B * L, 1);
+    if (with_pads)
+      for (int i = 0; i < B * L; i += 5) mask[i] = 0;
+  }
   model.zero_grads();
   model.forward(tokens.data(), mask.data(), B, true, 1.0);
   model.backward();
@@ -100,6 +116,72 @@ TEST(ModelGrad, BlockWithPads) { gradient_check(tiny_block(), 2, true); }
 TEST(ModelGrad, BlockLengthOnePrefixOne) { gradient_check(tiny_block(23, 8, 1, 1), 2, false); }
 TEST(ModelGrad, BlockLengthEightPrefixFour) { gradient_check(tiny_block(23, 24, 8, 4), 1, false); }
 TEST(ModelGrad, VanillaDoubleAllParameters) { gradient_check(tiny_vanilla(), 2, true); }
+TEST(ModelGrad, BlockWithLoaderPads) { gradient_check(tiny_block(), 3, true, loader_like_mask(3, 16)); }
+TEST(ModelGrad, VanillaWithLeadingPads) { gradient_check(tiny_vanilla(23, 16), 3, true, loader_like_mask(3, 16)); }
+
+// Pads are hidden from attention (the official attention_mask = 0): changing a pad token changes
+// no logit at a later position of the same token-decoder row (block model) or of the window
+// (vanilla); the logits its own query produces and, through the embedder, later blocks may
+// change. With the pad made visible (mask 1) the same change does reach the later positions.
+void pads_hidden(const ModelConfig& m, int pad_pos) {
+  auto be = make_cpu_backend(DType::f64);
+  const int B = 1, L = m.context_length, V = m.vocab_size;
+  Model model(m, *be, B);
+  model.init(5);
+  auto tokens = random_tokens(L, V, 2);
+  std::vector<uint8_t> mask(L, 1);
+  mask[pad_pos] = 0;
+  auto logits = [&](const std::vector<int32_t>& t, const uint8_t* mk) {
+    model.forward(t.data(), mk, B);
+    std::vector<double> out(model.logits().numel());
+    be->download(out.data(), DType::f64, model.logits());
+    return out;
+  };
+  auto changed = tokens;
+  changed[pad_pos] = (changed[pad_pos] + 1) % V;
+  // Later positions that can see pad_pos when it is visible: the rest of its block (block model)
+  // or the rest of the window (vanilla).
+  const int LB = m.is_block() ? m.block_length : L;
+  const int end = m.is_block() ? (pad_pos / LB + 1) * LB : L;
+  for (int visible = 0; visible < 2; ++visible) {
+    const uint8_t* mk = visible ? nullptr : mask.data();
+    const auto a = logits(tokens, mk), b = logits(changed, mk);
+    double later = 0;
+    for (int p = pad_pos + 2; p < end; ++p) {
+      const int64_t row = model.logit_row(0, p);
+      for (int v = 0; v < V; ++v) later = std::max(later, std::abs(a[row * V + v] - b[row * V + v]));
+    }
+    if (visible) EXPECT_GT(later, 1e-6) << "a visible token must reach the later positions";
+    else EXPECT_EQ(later, 0.0) << "a pad reached a later position";
+  }
+}
+
+TEST(ModelPads, HiddenFromTokenDecoder) { pads_hidden(tiny_block(23, 16, 4, 2), 9); }
+TEST(ModelPads, HiddenFromTokenDecoderLB8) { pads_hidden(tiny_block(23, 24, 8, 3), 10); }
+TEST(ModelPads, HiddenFromVanilla) { pads_hidden(tiny_vanilla(23, 12), 3); }
+
+// A mask of all ones is no mask: the same loss and gradients, bit for bit (the unmasked kernels).
+TEST(ModelPads, AllOnesMaskIsNoMask) {
+  for (const ModelConfig& m : {tiny_block(), tiny_vanilla()}) {
+    auto be = make_cpu_backend(DType::f32);
+    const int B = 2, L = m.context_length;
+    Model model(m, *be, B);
+    model.init(3);
+    auto tokens = random_tokens(B * L, m.vocab_size, 6);
+    std::vector<uint8_t> ones(B * L, 1);
+    std::vector<float> g1(model.table().total()), g2(g1.size());
+    model.zero_grads();
+    const double l1 = model.forward(tokens.data(), nullptr, B, true).loss_sum;
+    model.backward();
+    be->download(g1.data(), DType::f32, model.grads());
+    model.zero_grads();
+    const double l2 = model.forward(tokens.data(), ones.data(), B, true).loss_sum;
+    model.backward();
+    be->download(g2.data(), DType::f32, model.grads());
+    EXPECT_EQ(l1, l2);
+    EXPECT_TRUE(g1 == g2);
+  }
+}
 
 // Changing the token at position p changes no logit that predicts a position <= p, and does
 // change some logit that predicts a later position.

@@ -554,6 +554,102 @@ TEST(CpuOps, AttentionForwardBackward) {
   }
 }
 
+// Keys hidden by a key mask (model/backend.h AttnMask: pads): the direct formula is HF GPT-NeoX's
+// eager attention with attention_mask (a hidden key gets weight 0; a row with no visible key
+// averages its causal keys equally), the gradients match finite differences, and an all-ones
+// mask gives bitwise the unmasked results.
+TEST(CpuOps, AttentionKeyMask) {
+  struct Shape {
+    size_t B;
+    int Tn, H, hd;
+    size_t fd_checks;
+  };
+  for (Shape s : {Shape{3, 6, 2, 8, 1000}, Shape{2, 9, 1, 32, 300}, Shape{3, 5, 2, 64, 300}}) {
+    SCOPED_TRACE("B=" + std::to_string(s.B) + " T=" + std::to_string(s.Tn) + " hd=" + std::to_string(s.hd));
+    Rng rng(61, s.Tn * 100 + s.hd);
+    const size_t nq = s.B * s.H * s.Tn * s.hd, natt = s.B * s.H * s.Tn * s.Tn;
+    Vec q = randn(rng, nq), k = randn(rng, nq), v = randn(rng, nq);
+    const Vec G = randn(rng, nq);
+    // Sequence 0: leading pads (rows with no visible key), pads inside; sequence 1: every key
+    // visible; sequence 2: pads at the end and one inside.
+    std::vector<int32_t> keys(s.B * s.Tn, 1), first(s.B, 0);
+    keys[0] = keys[1] = keys[s.Tn / 2 + 1] = 0;
+    if (s.B > 2) keys[2 * s.Tn + 2] = keys[3 * s.Tn - 1] = keys[3 * s.Tn - 2] = 0;
+    for (size_t b = 0; b < s.B; ++b) {
+      first[b] = s.Tn;
+      for (int t = s.Tn - 1; t >= 0; --t)
+        if (keys[b * s.Tn + t]) first[b] = t;
+    }
+    ASSERT_EQ(first[0], 2);
+    auto fwd = [&] {
+      Vec out(nq), att(natt);
+      cpu::attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.hd, keys.data(),
+                             first.data());
+      return out;
+    };
+    Vec out(nq, 7.0), att(natt, 7.0);
+    cpu::attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.hd, keys.data(),
+                           first.data());
+    Vec nout(nq, 0.0);
+    const double scale = 1.0 / std::sqrt(double(s.hd));
+    for (size_t b = 0; b < s.B; ++b)
+      for (int h = 0; h < s.H; ++h) {
+        const size_t bh = b * s.H + h;
+        for (int t = 0; t < s.Tn; ++t) {
+          Vec w(t + 1, 0.0);
+          bool any = false;
+          for (int j = 0; j <= t; ++j) any = any || keys[b * s.Tn + j];
+          if (!any) {
+            for (int j = 0; j <= t; ++j) w[j] = 1.0 / (t + 1);
+          } else {
+            double mx = -1e300, sum = 0;
+            for (int j = 0; j <= t; ++j) {
+              if (!keys[b * s.Tn + j]) continue;
+              double d = 0;
+              for (int e = 0; e < s.hd; ++e) d += q[(bh * s.Tn + t) * s.hd + e] * k[(bh * s.Tn + j) * s.hd + e];
+              w[j] = d * scale;
+              mx = std::max(mx, w[j]);
+            }
+            for (int j = 0; j <= t; ++j) w[j] = keys[b * s.Tn + j] ? std::exp(w[j] - mx) : 0.0;
+            for (int j = 0; j <= t; ++j) sum += w[j];
+            for (int j = 0; j <= t; ++j) w[j] /= sum;
+          }
+          for (int j = 0; j <= t; ++j)
+            for (int e = 0; e < s.hd; ++e)
+              nout[((b * s.Tn + t) * s.H + h) * s.hd + e] += w[j] * v[(bh * s.Tn + j) * s.hd + e];
+        }
+      }
+    EXPECT_LT(max_rel(out, nout), kExactTol);
+
+    auto backward = [&](Vec& dq, Vec& dk, Vec& dv) {
+      cpu::attention_backward(dq.data(), dk.data(), dv.data(), G.data(), att.data(), q.data(), k.data(), v.data(),
+                              s.B, s.Tn, s.H, s.hd, keys.data());
+    };
+    Vec dq(nq, 0.0), dk(nq, 0.0), dv(nq, 0.0);
+    backward(dq, dk, dv);
+    EXPECT_LT(fd_check(q, dq, fwd, G, s.fd_checks), kFdTol) << "dq";
+    EXPECT_LT(fd_check(k, dk, fwd, G, s.fd_checks), kFdTol) << "dk";
+    EXPECT_LT(fd_check(v, dv, fwd, G, s.fd_checks), kFdTol) << "dv";
+    // A hidden key gets no key gradient from any query (its score is a constant).
+    for (int h = 0; h < s.H; ++h)
+      for (int e = 0; e < s.hd; ++e) ASSERT_EQ(dk[(size_t(h) * s.Tn + 0) * s.hd + e], 0.0);
+
+    // An all-ones mask is the unmasked attention, bit for bit.
+    std::vector<int32_t> ones(s.B * s.Tn, 1), zeros(s.B, 0);
+    Vec o1(nq), a1(natt), o2(nq), a2(natt);
+    cpu::attention_forward(o1.data(), a1.data(), q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.hd);
+    cpu::attention_forward(o2.data(), a2.data(), q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.hd, ones.data(),
+                           zeros.data());
+    EXPECT_TRUE(bitwise_equal(o1, o2));
+    Vec g1(nq, 0.0), g2(nq, 0.0), g3(nq, 0.0), h1(nq, 0.0), h2(nq, 0.0), h3(nq, 0.0);
+    cpu::attention_backward(g1.data(), g2.data(), g3.data(), G.data(), a1.data(), q.data(), k.data(), v.data(), s.B,
+                            s.Tn, s.H, s.hd);
+    cpu::attention_backward(h1.data(), h2.data(), h3.data(), G.data(), a2.data(), q.data(), k.data(), v.data(), s.B,
+                            s.Tn, s.H, s.hd, ones.data());
+    EXPECT_TRUE(bitwise_equal(g1, h1) && bitwise_equal(g2, h2) && bitwise_equal(g3, h3));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pointwise
 // ---------------------------------------------------------------------------------------------
