@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/log.h"
 #include "core/timer.h"
@@ -451,6 +453,7 @@ void Trainer::run() {
       return;
     }
     const double loss = train_step();
+    if (topt_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(topt_.step_delay_ms));
     ++window_steps;
     const bool last = step_ == t.steps;
     if (step_ % t.log_every == 0 || last || step_ == 1) {
