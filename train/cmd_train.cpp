@@ -1,6 +1,7 @@
 // `bt train --config FILE [section.key=value ...] [--resume auto|PATH] [--init-from FILE]`:
 // load, validate, print or train. SIGTERM / SIGUSR1 save a checkpoint and exit 0 (preemption;
-// launch/slurm.sbatch requeues the job). BT_STEP_DELAY_MS (tests only) sleeps after every step.
+// launch/slurm.sbatch requeues the job). BT_STEP_DELAY_MS (tests only) sleeps after every step
+// and before the checkpoint of a stop.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>

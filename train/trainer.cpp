@@ -448,6 +448,7 @@ void Trainer::run() {
     if (by_signal || (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after)) {
       if (!topt_.quiet)
         log_info("{} at step {}: saving a checkpoint", by_signal ? "stop signal received" : "stopping", step_);
+      if (topt_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(topt_.step_delay_ms));
       if (last_saved_step_ != step_) save_checkpoint();
       stopped_early_ = true;
       return;

@@ -324,8 +324,12 @@ def main():
                 restarts=1),
             Job("timelimit-mpirun", "mpirun", ["--time=1", "--signal=B:USR1@10"],
                 {"TEST_FIRST_START_DELAY_MS": "1000"}, restarts=1),
-            Job("requeue-srun", "srun", env=slow, action=["scontrol", "requeue"], restarts=1),
-            Job("requeue-mpirun", "mpirun", env=slow, action=["scontrol", "requeue"], restarts=1),
+            # TERM to every process, mpirun too; the stop takes 1.5 s more than a step (the
+            # delay before the stop's checkpoint), longer than mpirun's 1-s default before SIGKILL.
+            Job("requeue-srun", "srun", env={"TEST_FIRST_START_DELAY_MS": "1500"}, action=["scontrol", "requeue"],
+                restarts=1, when=lambda job: len(losses(job.out)) >= 3),
+            Job("requeue-mpirun", "mpirun", env={"TEST_FIRST_START_DELAY_MS": "1500"},
+                action=["scontrol", "requeue"], restarts=1, when=lambda job: len(losses(job.out)) >= 3),
             Job("usr1-steps-srun", "srun", env=slow, action=["scancel", "--signal=USR1"], restarts=1),
             Job("usr1-batch-mpirun", "mpirun", env=slow, action=["scancel", "--batch", "--signal=USR1"], restarts=1),
             Job("crash-srun", "srun", env={**slow, "TEST_KILL_RANK1": "", "BT_CRASH_REQUEUES": "1"}, restarts=1),
