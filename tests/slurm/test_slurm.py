@@ -41,7 +41,7 @@ CONFIG = [f"{SRC}/configs/tiny/block_b4.yaml", "model.vocab_size=64", "model.con
           "model.token_decoder.ffn_dim=64", "train.global_batch=8", "train.micro_batch=4", "train.log_every=1",
           "data.train=", "data.val=", "data.synthetic=repeat:37", "train.device=cpu", "train.eval_every=1000",
           f"train.steps={STEPS}", "train.checkpoint_every=5"]
-DEADLINE_S = 200  # every job done within this (about 2 minutes on a 2-core VM)
+DEADLINE_S = 200  # every job done within this (about 75 s on a 2-core VM)
 FAILURES = []
 
 # bt as the jobs see it: slow in a job's first start (TEST_FIRST_START_DELAY_MS), so that a signal
@@ -334,8 +334,8 @@ def main():
             Job("usr1-batch-mpirun", "mpirun", env=slow, action=["scancel", "--batch", "--signal=USR1"], restarts=1),
             Job("crash-srun", "srun", env={**slow, "TEST_KILL_RANK1": "", "BT_CRASH_REQUEUES": "1"}, restarts=1),
             Job("fail", "srun", env={"TEST_FAIL": "1", "BT_CRASH_REQUEUES": "1"}, restarts=1, state="FAILED"),
-            # Ranks that ignore the stop: after BT_STOP_TIMEOUT the script requeues (a crash), and
-            # the requeue kills them.
+            # Ranks that ignore the stop: after BT_STOP_TIMEOUT the script kills them and requeues
+            # (a crash).
             Job("hang-mpirun", "mpirun", env={"TEST_HANG": "1", "BT_STOP_TIMEOUT": "5"},
                 action=["scancel", "--batch", "--signal=USR1"], restarts=1,
                 when=lambda job: "ignores USR1" in job.log(), first_line="test: rank 0 ignores USR1"),
