@@ -13,6 +13,7 @@ PACKAGES=(
   libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev
   python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch
   shellcheck bible-kjv
+  slurm-wlm munge
 )
 
 missing=()
@@ -21,6 +22,15 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
+  # slurm-wlm and munge are for tests/slurm, which starts its own daemons: their services must not
+  # start at install (without a slurm.conf slurmd's would fail the install). A policy-rc.d that
+  # denies starts does that where the system has none (containers usually have one already).
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# launch/install-deps.sh: no service starts while it installs packages\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   # Waits for another apt or dpkg run to finish instead of failing on its lock.
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"

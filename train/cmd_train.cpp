@@ -1,6 +1,9 @@
 // `bt train --config FILE [section.key=value ...] [--resume auto|PATH] [--init-from FILE]`:
-// load, validate, print or train. SIGTERM / SIGUSR1 save a checkpoint and exit 0 (preemption).
+// load, validate, print or train. SIGTERM / SIGUSR1 save a checkpoint and exit 0 (preemption;
+// launch/slurm.sbatch requeues the job). BT_STEP_DELAY_MS (tests only) sleeps after every step
+// and before the checkpoint of a stop.
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <iostream>
 
 #include "core/commands.h"
@@ -55,6 +58,13 @@ void add_train_command(CLI::App& app) {
     TrainOptions opt;
     opt.resume = args->resume;
     opt.init_from = args->init_from;
+    if (const char* d = std::getenv("BT_STEP_DELAY_MS"); d && *d) {
+      char* end = nullptr;
+      const long ms = std::strtol(d, &end, 10);
+      BT_CHECK(*end == 0 && ms >= 0 && ms <= 600000, "BT_STEP_DELAY_MS='", d,
+               "' is not a number of milliseconds in [0, 600000] (unset it for normal training)");
+      opt.step_delay_ms = int(ms);
+    }
     Trainer trainer(cfg, *comm, opt);
     trainer.run();
     if (stop_requested()) log_info("stopped by signal at step {}; resume with --resume auto", trainer.step());

@@ -65,6 +65,10 @@ class MpiComm final : public Communicator {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &world_);
+    // The node-local rank (a rank's GPU) is its index among the ranks of its node in world-rank
+    // order: MPI's shared-memory split, whatever the launcher. No environment variable is read;
+    // under mpirun and srun (block or cyclic distribution) this equals OMPI_COMM_WORLD_LOCAL_RANK
+    // and SLURM_LOCALID, which also number a node's tasks in world-rank order.
     MPI_Comm local;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
     MPI_Comm_rank(local, &local_rank_);

@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/log.h"
 #include "core/timer.h"
@@ -446,11 +448,13 @@ void Trainer::run() {
     if (by_signal || (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after)) {
       if (!topt_.quiet)
         log_info("{} at step {}: saving a checkpoint", by_signal ? "stop signal received" : "stopping", step_);
+      if (topt_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(topt_.step_delay_ms));
       if (last_saved_step_ != step_) save_checkpoint();
       stopped_early_ = true;
       return;
     }
     const double loss = train_step();
+    if (topt_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(topt_.step_delay_ms));
     ++window_steps;
     const bool last = step_ == t.steps;
     if (step_ % t.log_every == 0 || last || step_ == 1) {

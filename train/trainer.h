@@ -25,6 +25,8 @@ struct TrainOptions {
   bool quiet = false;       // no console progress lines (tests)
   std::string resume;       // "" (fresh run), "auto" (out_dir/checkpoints/latest if present) or a checkpoint path
   std::string init_from;    // a safetensors file in the official naming to start from (fine-tuning)
+  int step_delay_ms = 0;    // sleep after every step and before a stop's checkpoint (BT_STEP_DELAY_MS):
+                            // tests of preemption stretch a tiny run and its stop
 };
 
 // SIGTERM / SIGUSR1 (preemption) set a flag that the training loop checks between steps: it saves a
