@@ -10,6 +10,7 @@ class App;
 namespace bt {
 void add_train_command(CLI::App& app);     // train/cmd_train.cpp
 void add_prepare_command(CLI::App& app);   // data/cmd_prepare.cpp
+void add_tokenize_command(CLI::App& app);  // data/cmd_tokenize.cpp
 void add_generate_command(CLI::App& app);  // infer/cmd_generate.cpp
 void add_eval_command(CLI::App& app);      // infer/cmd_eval.cpp
 void add_bench_command(CLI::App& app);     // bench/cmd_bench.cpp

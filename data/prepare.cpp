@@ -101,7 +101,7 @@ void prepare_out_dir(const std::string& out, bool force) {
     BT_CHECK(!ec, "cannot create the output directory '", out, "': ", ec.message());
   }
   static const std::regex ours(
-      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model)(\.tmp)?)");
+      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model|hf_tokenizer\.json)(\.tmp)?)");
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(out, ec))
     if (std::regex_match(e.path().filename().string(), ours)) found.push_back(e.path());

@@ -1,5 +1,6 @@
-// SHA-256, for shard checksums in manifest.json and for naming SentencePiece models
-// ("spm:<sha256 of the model file>"). Plain C++, no dependency; ~300 MB/s, enough for shards.
+// SHA-256, for shard checksums in manifest.json and for naming tokenizer files
+// ("spm:<sha256 of the model file>", "hf:<sha256 of tokenizer.json>"). Backed by OpenSSL's
+// libcrypto, which uses the CPU's SHA extensions where present (~1.5-2 GB/s per core here).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -11,15 +12,14 @@ namespace bt {
 class Sha256 {
  public:
   Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
   void update(const void* data, size_t n);
   std::string hex_digest();  // finishes; the object must not be updated afterwards
 
  private:
-  void block(const uint8_t* p);
-  uint32_t h_[8];
-  uint8_t buf_[64];
-  size_t buf_len_ = 0;
-  uint64_t total_ = 0;
+  void* ctx_ = nullptr;  // EVP_MD_CTX
 };
 
 std::string sha256_hex(std::string_view data);

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "data/bpe_tokenizer.h"
 #include "data/sha256.h"
 #include "data/shard.h"
 #include "data/token_stream.h"
@@ -153,6 +154,12 @@ TokenizerSpec parse_tokenizer_spec(const std::string& spec) {
     BT_CHECK(!t.model_path.empty(), "tokenizer 'spm:' needs a model path, e.g. spm:data/m.model");
     return t;
   }
+  if (spec.rfind("hf:", 0) == 0) {
+    t.kind = TokenizerSpec::Kind::Hf;
+    t.model_path = spec.substr(3);
+    BT_CHECK(!t.model_path.empty(), "tokenizer 'hf:' needs a path, e.g. hf:20B_tokenizer.json");
+    return t;
+  }
   if (spec.rfind("train-spm:", 0) == 0) {
     t.kind = TokenizerSpec::Kind::TrainSpm;
     const std::string n = spec.substr(10);
@@ -170,7 +177,7 @@ TokenizerSpec parse_tokenizer_spec(const std::string& spec) {
     t.train_vocab = int(v);
     return t;
   }
-  BT_FAIL("unknown tokenizer '", spec, "': use byte, spm:PATH.model or train-spm:VOCAB");
+  BT_FAIL("unknown tokenizer '", spec, "': use byte, spm:PATH.model, train-spm:VOCAB or hf:PATH/tokenizer.json");
 }
 
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
@@ -225,6 +232,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec) {
       return make_byte_tokenizer();
     case TokenizerSpec::Kind::Spm:
       return load_spm_tokenizer(t.model_path);
+    case TokenizerSpec::Kind::Hf:
+      return load_hf_tokenizer(t.model_path);
     case TokenizerSpec::Kind::TrainSpm:
       break;
   }
@@ -245,9 +254,11 @@ std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir) {
            "': missing the string field 'kind'");
   const std::string kind = j["kind"];
   if (kind == "byte") return make_byte_tokenizer();
-  BT_CHECK(kind == "spm", "'", path, "': unknown tokenizer kind '", kind, "'");
-  const std::string model = j.value("model", std::string(kTokenizerModel));
-  auto tok = load_spm_tokenizer((fs::path(dir) / model).string());
+  if (kind == "ids") return nullptr;  // imported token ids without a tokenizer
+  BT_CHECK(kind == "spm" || kind == "hf", "'", path, "': unknown tokenizer kind '", kind, "'");
+  const std::string model = j.value("model", std::string(kind == "hf" ? kHfTokenizerFile : kTokenizerModel));
+  auto tok = kind == "hf" ? load_hf_tokenizer((fs::path(dir) / model).string())
+                          : load_spm_tokenizer((fs::path(dir) / model).string());
   if (j.contains("name") && j["name"].is_string())
     BT_CHECK(j["name"].get<std::string>() == tok->name(), "'", path, "' names tokenizer ",
              j["name"].get<std::string>(), " but ", model, " is ", tok->name(),
@@ -258,6 +269,16 @@ std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir) {
 std::unique_ptr<Tokenizer> load_tokenizer_for_shard(const std::string& tokenizer_attr,
                                                     const std::string& dir) {
   if (tokenizer_attr == "byte") return make_byte_tokenizer();
+  if (tokenizer_attr.rfind("ids:", 0) == 0) return nullptr;  // token ids without a tokenizer
+  if (tokenizer_attr.rfind("hf:", 0) == 0) {
+    const std::string file = (fs::path(dir) / kHfTokenizerFile).string();
+    BT_CHECK(fs::is_regular_file(file), "the shards use tokenizer ", tokenizer_attr, " but '", file,
+             "' is missing; keep the hf_tokenizer.json that `bt prepare` wrote next to the shards");
+    auto tok = load_hf_tokenizer(file);
+    BT_CHECK(tok->name() == tokenizer_attr, "the shards use tokenizer ", tokenizer_attr, " but '", file, "' is ",
+             tok->name());
+    return tok;
+  }
   BT_CHECK(tokenizer_attr.rfind("spm:", 0) == 0, "unknown tokenizer '", tokenizer_attr,
            "' in the shards' attributes");
   const std::string model = (fs::path(dir) / kTokenizerModel).string();

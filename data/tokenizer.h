@@ -2,10 +2,14 @@
 //   "byte"          bytes 0..255, EOS = 256, vocab 257; no model file
 //   "spm:PATH"      an existing SentencePiece model
 //   "train-spm:N"   a BPE SentencePiece model of N pieces trained on the input text
-// Each tokenizer has a name recorded in every shard and in manifest.json: "byte" or
-// "spm:<sha256 of the model file>", so shards made with different models are never mixed.
-// A prepared directory holds tokenizer.json ({"kind", "name", "model"}) and, for SentencePiece,
-// the model itself as tokenizer.model, so the directory alone can decode its shards.
+//   "hf:PATH"       a Hugging Face byte-level BPE tokenizer.json (GPT-2, GPT-NeoX / Pythia;
+//                   bpe_tokenizer.h)
+// Each tokenizer has a name recorded in every shard and in manifest.json: "byte",
+// "spm:<sha256 of the model file>" or "hf:<sha256 of tokenizer.json>", so shards made with
+// different models are never mixed. A prepared directory holds tokenizer.json ({"kind", "name",
+// "model"}) and the model file itself (tokenizer.model for SentencePiece, hf_tokenizer.json for
+// hf), so the directory alone can decode its shards. Imported token files without a tokenizer
+// (data/import.h, "ids:VOCAB") have kind "ids" and no model: loading one gives nullptr.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -23,16 +27,16 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int vocab_size() const = 0;
   virtual int eos_id() const = 0;
-  virtual std::string name() const = 0;  // "byte" | "spm:<sha256>"
-  virtual std::string kind() const = 0;  // "byte" | "spm"
+  virtual std::string name() const = 0;  // "byte" | "spm:<sha256>" | "hf:<sha256>"
+  virtual std::string kind() const = 0;  // "byte" | "spm" | "hf"
   // Writes tokenizer.json (and tokenizer.model for SentencePiece) into `dir`, atomically.
   virtual void save_to_dir(const std::string& dir) const = 0;
 };
 
 // A parsed --tokenizer spec.
 struct TokenizerSpec {
-  enum class Kind { Byte, Spm, TrainSpm } kind = Kind::Byte;
-  std::string model_path;  // Spm
+  enum class Kind { Byte, Spm, TrainSpm, Hf } kind = Kind::Byte;
+  std::string model_path;  // Spm, Hf
   int train_vocab = 0;     // TrainSpm
 };
 TokenizerSpec parse_tokenizer_spec(const std::string& spec);  // throws on a malformed spec
@@ -52,13 +56,14 @@ struct SpmTrainOptions {
 std::unique_ptr<Tokenizer> train_spm_tokenizer(const std::vector<std::string>& sentences,
                                                const SpmTrainOptions& opt);
 
-// "byte" or "spm:PATH". A "train-spm:N" spec needs text: use train_spm_tokenizer.
+// "byte", "spm:PATH" or "hf:PATH". A "train-spm:N" spec needs text: use train_spm_tokenizer.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
 
-// The tokenizer of a prepared directory (its tokenizer.json).
+// The tokenizer of a prepared directory (its tokenizer.json); nullptr for kind "ids".
 std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir);
 // The tokenizer named by a shard's `tokenizer` attribute: "byte" needs nothing; "spm:<hash>"
-// loads `dir`/tokenizer.model and checks its hash. Fails with a one-line hint otherwise.
+// loads `dir`/tokenizer.model and "hf:<hash>" `dir`/hf_tokenizer.json and checks its hash;
+// "ids:V" gives nullptr. Fails with a one-line hint otherwise.
 std::unique_ptr<Tokenizer> load_tokenizer_for_shard(const std::string& tokenizer_attr,
                                                     const std::string& dir);
 // Same, from a shard file: reads its attribute and looks in the shard's directory.

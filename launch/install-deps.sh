@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-dev libhdf5-dev hdf5-tools libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-  libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev
+  libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev libpcre2-dev libicu-dev libssl-dev libxxhash-dev
   python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch
   shellcheck bible-kjv
   slurm-wlm munge

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   bt::add_train_command(app);
   bt::add_prepare_command(app);
+  bt::add_tokenize_command(app);
   bt::add_generate_command(app);
   bt::add_eval_command(app);
   bt::add_bench_command(app);
