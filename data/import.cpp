@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -733,7 +734,7 @@ ImportSummary run_import(const ImportOptions& opt) {
         states[k] = json();
       }
     }
-  if (resume && opt.progress)
+  if (resume)
     log_info("prepare: resuming '{}': {} of {} units already done", opt.out, sum.units_resumed, units.size());
 
   Shared sh{src, tg, opt, work};
@@ -746,6 +747,10 @@ ImportSummary run_import(const ImportOptions& opt) {
   std::atomic<int> running{nthreads};
   std::mutex err_mu;
   std::exception_ptr first_error;
+  // Test hook: exit at once, like a kill, after this many units of this run (0: never).
+  const char* hook = std::getenv("BT_IMPORT_EXIT_AFTER_UNITS");
+  const long exit_after = hook ? std::atol(hook) : 0;
+  std::atomic<long> finished{0};
   Timer timer;
   {
     ProgressBar bar("prepare", "tokens", src.total, opt.progress, done_before);
@@ -759,6 +764,7 @@ ImportSummary run_import(const ImportOptions& opt) {
             UnitResult r = tg.wide() ? process_unit<uint32_t>(sh, k, units[k]) : process_unit<uint16_t>(sh, k, units[k]);
             write_file_atomic((work / (unit_name(k, "unit") + ".json")).string(), r.state.dump() + "\n");
             states[k] = std::move(r.state);
+            if (exit_after > 0 && ++finished >= exit_after) std::_Exit(137);  // tests: a kill after N units
           }
         } catch (const Stopped&) {
         } catch (...) {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 
@@ -146,7 +147,7 @@ void open_megatron(TokenFile& t, const std::string& given) {
   const std::string what = "megatron index '" + t.idx_path + "'";
   const uint8_t* p = t.idx->data();
   const uint64_t n = t.idx->size();
-  BT_CHECK(n >= 9 && std::memcmp(p, kMegatronMagic, 9) == 0, what,
+  BT_CHECK(std::memcmp(p, kMegatronMagic, std::min<uint64_t>(n, 9)) == 0, what,
            ": wrong magic (expected \"MMIDIDX\\0\\0\"; not a Megatron/GPT-NeoX index, or the old "
            "non-mmap 'TNTIDX' format)");
   BT_CHECK(n >= kMegatronHeader, what, ": truncated: ", n, " bytes, the header alone needs ", kMegatronHeader);
