@@ -5,7 +5,6 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <unicode/bytestream.h>
-#include <unicode/locid.h>
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
@@ -221,6 +220,29 @@ struct PreStage {
   std::unique_ptr<Regex> regex;    // ByteLevel with use_regex, or Split with a Regex pattern
   std::string literal;             // Split with a String pattern
 };
+
+// HF's Lowercase normalizer maps character by character (Rust's char::to_lowercase): the full
+// lowercase mapping without context, so a final capital sigma becomes σ, not ς. That is the
+// simple mapping except for U+0130, the one unconditional multi-character lowercase mapping.
+std::string lowercase_chars(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+  const int32_t n = int32_t(s.size());
+  for (int32_t i = 0; i < n;) {
+    UChar32 c;
+    U8_NEXT(p, i, n, c);
+    if (c == 0x130) {
+      out += "i\xCC\x87";
+      continue;
+    }
+    char buf[4];
+    int32_t len = 0;
+    U8_APPEND_UNSAFE(buf, len, u_tolower(c));
+    out.append(buf, size_t(len));
+  }
+  return out;
+}
 
 std::string read_whole(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -489,10 +511,7 @@ class HfBpeTokenizer final : public Tokenizer {
           for (char& c : cur)
             if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
         } else {
-          icu::UnicodeString u = icu::UnicodeString::fromUTF8(cur);
-          u.toLower(icu::Locale::getRoot());
-          cur.clear();
-          u.toUTF8String(cur);
+          cur = lowercase_chars(cur);
         }
         continue;
       }
