@@ -67,7 +67,21 @@ void load_inference_weights(InferenceModel& r, int max_batch) {
   r.model->set_params(flat.data(), DType::f32);
 }
 
+namespace {
+std::unique_ptr<Tokenizer> find_tokenizer_unchecked(const InferenceModel& m, const std::string& spec);
+}  // namespace
+
 std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::string& spec) {
+  std::unique_ptr<Tokenizer> tok = find_tokenizer_unchecked(m, spec);
+  if (tok)
+    BT_CHECK(tok->vocab_size() <= m.config.model.vocab_size, "tokenizer ", tok->name(), " has vocab_size ",
+             tok->vocab_size(), " > model.vocab_size ", m.config.model.vocab_size,
+             "; the model cannot use it (wrong --tokenizer, or a model made for another vocabulary)");
+  return tok;
+}
+
+namespace {
+std::unique_ptr<Tokenizer> find_tokenizer_unchecked(const InferenceModel& m, const std::string& spec) {
   if (!spec.empty()) {
     if (fs::is_directory(spec)) return load_tokenizer_from_dir(spec);
     return make_tokenizer(spec);
@@ -85,5 +99,6 @@ std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::st
   }
   return nullptr;
 }
+}  // namespace
 
 }  // namespace bt

@@ -37,9 +37,10 @@ InferenceModel open_inference_model(const std::string& ckpt, const std::string& 
                                     const std::string& precision = "");
 void load_inference_weights(InferenceModel& m, int max_batch);
 
-// The tokenizer for a checkpoint: `spec` when given ("byte", "spm:PATH" or a directory with
-// tokenizer.json), else the checkpoint's own tokenizer.json, else the one of the shards it was
-// trained on. Returns null when none is found.
+// The tokenizer for a checkpoint: `spec` when given ("byte", "spm:PATH", "hf:PATH" or a directory
+// with tokenizer.json), else the checkpoint's own tokenizer.json, else the one of the shards it
+// was trained on. Returns null when none is found (or the data holds bare token ids). A tokenizer
+// whose vocabulary is larger than model.vocab_size is refused, naming it.
 std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::string& spec);
 
 // "a, b, c (and N more)"

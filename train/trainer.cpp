@@ -201,7 +201,7 @@ std::string Trainer::save_checkpoint() {
     if (!cfg_.data.train.empty()) {
       try {
         const fs::path shard_dir = fs::path(expand_shard_list(cfg_.data.train).front()).parent_path();
-        for (const char* f : {"tokenizer.json", "tokenizer.model"})
+        for (const char* f : {"tokenizer.json", "tokenizer.model", "hf_tokenizer.json"})
           if (fs::exists(shard_dir / f)) c.copy_files.push_back((shard_dir / f).string());
       } catch (const Error&) {
       }
