@@ -150,30 +150,43 @@ struct AddedToken {
   bool special, single_word, lstrip, rstrip, normalized;
 };
 
-// Leftmost-longest matching of a set of added tokens.
+// Leftmost-longest matching of a set of added tokens, through a byte trie.
 class AddedMatcher {
  public:
   void add(const AddedToken* t) {
     if (t->content.empty()) return;
-    auto& v = by_first_[static_cast<uint8_t>(t->content[0])];
-    v.push_back(t);
-    std::stable_sort(v.begin(), v.end(), [](auto* a, auto* b) { return a->content.size() > b->content.size(); });
-    any_ = true;
+    if (nodes_.empty()) nodes_.emplace_back();
+    int n = 0;
+    for (char c : t->content) {
+      int next = -1;
+      for (const auto& [b, k] : nodes_[size_t(n)].children)
+        if (b == static_cast<uint8_t>(c)) next = k;
+      if (next < 0) {
+        next = int(nodes_.size());
+        nodes_[size_t(n)].children.push_back({static_cast<uint8_t>(c), next});
+        nodes_.emplace_back();
+      }
+      n = next;
+    }
+    if (!nodes_[size_t(n)].token) nodes_[size_t(n)].token = t;  // the first of equal contents wins
+    first_[static_cast<uint8_t>(t->content[0])] = 1;
   }
-  bool empty() const { return !any_; }
+  bool empty() const { return nodes_.empty(); }
   // Calls text(begin, end) for the gaps and token(t, begin, end) for the matches, in order.
   template <class FT, class FA>
   void split(std::string_view s, FT&& text, FA&& token) const {
     size_t start = 0;  // end of the last match
     for (size_t i = 0; i < s.size(); ++i) {
-      const auto& cands = by_first_[static_cast<uint8_t>(s[i])];
-      if (cands.empty()) continue;
+      if (!first_[static_cast<uint8_t>(s[i])]) continue;
       const AddedToken* hit = nullptr;
-      for (const AddedToken* t : cands)
-        if (s.compare(i, t->content.size(), t->content) == 0) {
-          hit = t;
-          break;
-        }
+      for (size_t j = i, n = 0; j < s.size(); ++j) {  // the longest token starting at i
+        int next = -1;
+        for (const auto& [b, k] : nodes_[n].children)
+          if (b == static_cast<uint8_t>(s[j])) next = k;
+        if (next < 0) break;
+        n = size_t(next);
+        if (nodes_[n].token) hit = nodes_[n].token;
+      }
       if (!hit) continue;
       size_t b = i, e = i + hit->content.size();
       if (hit->single_word && ((b > 0 && word_char_before(s, b)) || (e < s.size() && word_char_at(s, e)))) continue;
@@ -190,6 +203,10 @@ class AddedMatcher {
   }
 
  private:
+  struct Node {
+    std::vector<std::pair<uint8_t, int>> children;
+    const AddedToken* token = nullptr;
+  };
   static UChar32 cp_at(std::string_view s, size_t i) {
     UChar32 c;
     int32_t k = int32_t(i);
@@ -206,8 +223,8 @@ class AddedMatcher {
   static bool word_char(UChar32 c) { return c == '_' || u_isalnum(c); }
   static bool word_char_at(std::string_view s, size_t i) { return word_char(cp_at(s, i)); }
   static bool word_char_before(std::string_view s, size_t i) { return word_char(cp_at(s, i - prev_len(s, i))); }
-  std::array<std::vector<const AddedToken*>, 256> by_first_;
-  bool any_ = false;
+  std::vector<Node> nodes_;  // [0] is the root
+  std::array<char, 256> first_{};
 };
 
 enum class NormKind { Nfc, Nfd, Nfkc, Nfkd, Lowercase };

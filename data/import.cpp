@@ -2,6 +2,7 @@
 // gathering the val split, and the manifest.
 #include "data/import.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -460,11 +461,35 @@ class UnitWriter {
   uint64_t pending_ = 0, source_ = 0, dropped_ = 0;
 };
 
+// Drops the mapped pages of [lo, hi) bytes of a file from this process (they stay in the page
+// cache), so the resident size stays at what the running units touch.
+void release_pages(const TokenFile& f, uint64_t lo, uint64_t hi) {
+  const uint64_t page = 4096, a = lo / page * page, b = std::min<uint64_t>((hi + page - 1) / page * page, f.bin->size());
+  if (b > a) ::madvise(const_cast<uint8_t*>(f.bin->data()) + a, b - a, MADV_DONTNEED);
+}
+
+// The byte ranges of each file that a unit read.
+struct Touched {
+  std::vector<std::pair<uint64_t, uint64_t>> range;  // [files]
+  explicit Touched(size_t n) : range(n, {UINT64_MAX, 0}) {}
+  void add(const Source& s, const Piece& p) {
+    const size_t f = size_t(p.file - s.files.data());
+    const uint64_t w = uint64_t(dtype_bytes(p.file->dtype)), base = uint64_t(p.file->data - p.file->bin->data());
+    range[f].first = std::min(range[f].first, base + p.first * w);
+    range[f].second = std::max(range[f].second, base + (p.first + p.n) * w);
+  }
+  void release(const Source& s) const {
+    for (size_t f = 0; f < range.size(); ++f)
+      if (range[f].second > range[f].first) release_pages(s.files[f], range[f].first, range[f].second);
+  }
+};
+
 template <class T>
 UnitResult process_unit(Shared& sh, uint64_t k, const Unit& u) {
   const Source& s = sh.src;
   UnitWriter<T> w(sh, k);
   std::vector<Piece> pieces;
+  Touched touched(s.files.size());
   if (s.indexed) {
     for (uint64_t g = u.begin; g < u.end; ++g) {
       if ((g & 1023) == 0 && sh.stop.load(std::memory_order_relaxed)) throw Stopped{};
@@ -479,6 +504,7 @@ UnitResult process_unit(Shared& sh, uint64_t k, const Unit& u) {
         append = false;
       }
       pieces.assign(1, p);
+      touched.add(s, p);
       w.emit(pieces, append);
     }
   } else {
@@ -496,11 +522,13 @@ UnitResult process_unit(Shared& sh, uint64_t k, const Unit& u) {
         w.dropped();
       } else {
         stream_pieces(s, a, b, pieces);
+        for (const Piece& p : pieces) touched.add(s, p);
         w.emit(pieces, e >= s.total);
       }
       a = b;
     }
   }
+  touched.release(s);
   return w.finish();
 }
 
