@@ -63,7 +63,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "random seed (each prompt draws from its own stream)");
   cmd->add_flag("--greedy", a->greedy, "always take the most likely token");
   cmd->add_option("--tokenizer", a->tokenizer,
-                  "byte | spm:PATH | a prepared data directory (default: the checkpoint's tokenizer)");
+                  "byte | spm:PATH | hf:PATH (tokenizer.json) | a prepared data directory (default: the checkpoint's tokenizer)");
   cmd->add_option("--eos-id", a->eos_id, "stop token (default: the tokenizer's EOS; -1: never stop)");
   cmd->add_option("--device", a->device, "auto | cpu | cuda");
   cmd->add_flag("--print-ids", a->print_ids, "print the generated token ids too");
@@ -84,7 +84,7 @@ void add_generate_command(CLI::App& app) {
                summarize_names(im.ignored));
     std::unique_ptr<Tokenizer> tok = find_tokenizer(im, a->tokenizer);
     BT_CHECK(tok || texts.empty(), "no tokenizer found for ", a->ckpt,
-             ": pass --tokenizer byte|spm:PATH|DATA_DIR, or give token ids with --prompt-ids");
+             ": pass --tokenizer byte|spm:PATH|hf:PATH|DATA_DIR, or give token ids with --prompt-ids");
     if (tok)
       BT_CHECK(tok->vocab_size() <= im.config.model.vocab_size, "the tokenizer has ", tok->vocab_size(),
                " tokens but the model only ", im.config.model.vocab_size, ": wrong --tokenizer?");

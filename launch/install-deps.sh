@@ -47,3 +47,8 @@ fi
 if [ "$(build/venv/bin/python3 -c "import transformers; print(transformers.__version__)" 2>/dev/null)" != "$TRANSFORMERS_VERSION" ]; then
   build/venv/bin/pip install -q --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION" "safetensors>=0.4,<0.5"
 fi
+# The hf: tokenizer's test compares against the Python `tokenizers` package (transformers brings
+# it; installed here for a venv made without it).
+if ! build/venv/bin/python3 -c "import tokenizers" 2>/dev/null; then
+  build/venv/bin/pip install -q --disable-pip-version-check "tokenizers>=0.15,<0.19"
+fi
