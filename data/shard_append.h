@@ -1,4 +1,4 @@
-// A shard written while it is produced, in constant memory (token-file import, data/import.h):
+// A shard (docs/design.md §4) written while it is produced, in constant memory (data/import.h):
 // the same HDF5 layout as ShardWriter (shard.h: /tokens uint16 or uint32 and /doc_offsets
 // uint64, chunked (1M tokens, 64k offsets), unlimited max dims, the same attributes, no timestamps),
 // but the datasets grow one full chunk at a time, so a shard of any size needs about one chunk
