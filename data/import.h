@@ -1,8 +1,8 @@
 // Importing token files made by other frameworks (data/token_files.h: Megatron / GPT-NeoX /
 // Pythia indexed datasets, nanoGPT .bin, numpy .npy, llm.c shards) into our HDF5 shards
 // (docs/design.md §4), with the manifest, checksums and document-based val split of `bt prepare`
-// (prepare.h). Run by
-// `bt prepare --format megatron|nanogpt|npy|llmc` (docs/data.md "Importing token files").
+// (prepare.h). Run by `bt prepare --format megatron|nanogpt|npy|llmc` (docs/data.md "Importing
+// token files").
 //
 // Documents and the EOS convention: every document of our shards ends with the EOS id.
 //   megatron  each sequence of the index is a document (as Megatron's and GPT-NeoX's GPT

@@ -16,6 +16,7 @@
 #include "data/bpe_tokenizer.h"
 #include "data/import.h"
 #include "data/loader.h"
+#include "data/progress.h"
 #include "data/shard.h"
 #include "data/shard_append.h"
 #include "data/token_source.h"
@@ -252,7 +253,36 @@ TEST(HfTokenizer, LargerThanTheModelIsRefusedByName) {
   const std::string msg((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   EXPECT_NE(msg.find("tokenizer hf:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("vocab_size 281 > model.vocab_size 260"), std::string::npos) << msg;
+  // A model with room for it generates text through it.
+  c.model.vocab_size = 300;
+  ParamTable t2(c.model);
+  std::vector<float> w2(t2.total(), 0.01f);
+  cc.table = &t2;
+  cc.params = w2.data();
+  const std::string dir2 = save_checkpoint((tmp / "ck2").string(), cc, 1);
+  const std::string out = (tmp / "out.txt").string();
+  const std::string ok = std::string(b) + " generate --device cpu --ckpt " + dir2 + " --tokenizer hf:" + tj.string() +
+                         " --prompt 'the the' --greedy --max-new-tokens 3 --print-ids >" + out + " 2>&1";
+  EXPECT_EQ(std::system(ok.c_str()), 0);
+  std::ifstream g(out);
+  const std::string gen((std::istreambuf_iterator<char>(g)), std::istreambuf_iterator<char>());
+  EXPECT_NE(gen.find("=== sample 1 (3 prompt tokens"), std::string::npos) << gen;  // "the", "Ġ", "the"
   fs::remove_all(tmp);
+}
+
+TEST(Progress, LineShowsFractionCountRateAndEta) {
+  EXPECT_EQ(human_count(1234), "1.2k");
+  EXPECT_EQ(human_count(1.5e9), "1.50G");
+  EXPECT_EQ(human_duration(75), "1:15");
+  EXPECT_EQ(human_duration(3725), "1:02:05");
+  ProgressBar bar("prepare", "tokens", 2000000, false, 1000000);
+  const std::string plain = bar.line(1500000, false);
+  EXPECT_EQ(plain.rfind("prepare:  75.0% 1.50M/2.00M tokens, ", 0), 0u) << plain;
+  EXPECT_NE(plain.find("tokens/s, ETA "), std::string::npos) << plain;
+  const std::string tty = bar.line(2000000, true);
+  EXPECT_NE(tty.find("prepare [####"), std::string::npos) << tty;
+  EXPECT_NE(tty.find("100.0%"), std::string::npos) << tty;
+  EXPECT_NE(tty.find("took "), std::string::npos) << tty;
 }
 
 }  // namespace
