@@ -42,7 +42,15 @@ namespace {
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kWork = ".import";
 constexpr uint64_t kPiece = uint64_t(1) << 20;   // tokens converted at a time in streamed documents
-constexpr uint64_t kBigDoc = uint64_t(1) << 24;  // longer documents are hashed, then written, in pieces
+// Longer documents are hashed, then written, in pieces (constant memory); tests lower the limit
+// with BT_IMPORT_BIG_DOC_TOKENS to send every document through that path.
+uint64_t big_doc_tokens() {
+  static const uint64_t v = [] {
+    const char* e = std::getenv("BT_IMPORT_BIG_DOC_TOKENS");
+    return e && std::atoll(e) > 0 ? uint64_t(std::atoll(e)) : uint64_t(1) << 24;
+  }();
+  return v;
+}
 
 // ---- what the shards will say ----------------------------------------------------------------
 
@@ -368,7 +376,7 @@ class UnitWriter {
     uint64_t n = append_eos ? 1 : 0;
     for (const Piece& p : pieces) n += p.n;
     if (n == 0) return;
-    if (n <= kBigDoc) {
+    if (n <= big_doc_tokens()) {
       T* out = train_.template reserve<T>(n);
       uint64_t at = 0;
       for (const Piece& p : pieces) {
@@ -421,7 +429,7 @@ class UnitWriter {
   void dropped() { ++dropped_; }
 
  private:
-  // Documents longer than kBigDoc: pass 1 hashes them piece by piece, pass 2 writes them.
+  // Documents longer than big_doc_tokens(): pass 1 hashes them piece by piece, pass 2 writes them.
   template <class F>
   void for_each_run(const std::vector<Piece>& pieces, bool append_eos, F&& f) {
     scratch_.resize(kPiece);

@@ -232,6 +232,23 @@ class ImportTest(unittest.TestCase):
         self.assertGreater(m["splits"]["train"]["shards"], 5)
         self.assertEqual(m["import"]["source_tokens"], sum(map(len, a + b)))
 
+    def test_long_documents_streamed_in_pieces_give_the_same_bytes(self):
+        """Documents above a limit (16 M tokens; lowered here) are hashed, then written, in pieces."""
+        docs = random_docs(self.rng, 300, lo=1, hi=3000)
+        write_megatron(self.p("m"), docs)
+        args = ("--shard-tokens", "20000", "--val-fraction", "0.2", "--threads", "2")
+        self.prepare("whole", [self.p("m")], *args)
+        env = dict(os.environ, BT_IMPORT_BIG_DOC_TOKENS="50")
+        cmd = [BT, "prepare", "--out", self.p("pieces"), "--input", self.p("m"), "--tokenizer", f"ids:{VOCAB}",
+               "--eos-id", str(EOS), "--no-progress", *args]
+        r = subprocess.run(cmd, env=env, capture_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        self.check_output("pieces", megatron_docs([docs]))
+        names = sorted(os.listdir(self.p("whole")))
+        self.assertEqual(names, sorted(os.listdir(self.p("pieces"))))
+        for n in names:
+            self.assertEqual(sha256(self.p("whole", n)), sha256(self.p("pieces", n)), n)
+
     def test_megatron_dtypes_and_present_eos(self):
         docs = [d + [EOS] for d in random_docs(self.rng, 100, lo=1)]
         write_megatron(self.p("i32"), docs, dtype=np.int32, doc_index=[0, 50, 100])
