@@ -182,11 +182,12 @@ uint64_t find_in_file(const TokenFile& f, uint64_t a, uint64_t b, int64_t eos) {
   return b;
 }
 
-// Split mode: the first EOS at stream position >= p (or total).
-uint64_t find_eos(const Source& s, uint64_t p) {
+// Split mode: the first EOS at stream position in [p, limit), or s.total when there is none.
+uint64_t find_eos(const Source& s, uint64_t p, uint64_t limit) {
+  limit = std::min(limit, s.total);
   size_t f = size_t(std::upper_bound(s.seg_begin.begin(), s.seg_begin.end(), p) - s.seg_begin.begin()) - 1;
-  for (; p < s.total && f < s.files.size(); ++f) {
-    const uint64_t a = p - s.seg_begin[f], b = std::min(s.seg_begin[f + 1], s.total) - s.seg_begin[f];
+  for (; p < limit && f < s.files.size(); ++f) {
+    const uint64_t a = p - s.seg_begin[f], b = std::min(s.seg_begin[f + 1], limit) - s.seg_begin[f];
     const uint64_t i = find_in_file(s.files[f], a, b, s.eos);
     if (i < b) return s.seg_begin[f] + i;
     p = s.seg_begin[f + 1];
@@ -518,13 +519,13 @@ UnitResult process_unit(Shared& sh, uint64_t k, const Unit& u) {
   } else {
     const uint64_t lim = std::min(u.end, s.total);
     uint64_t a = u.begin;
-    if (a > 0) {  // the first document that starts at or after the nominal start
-      const uint64_t e = find_eos(s, a - 1);
-      a = e < s.total ? e + 1 : s.total;
+    if (a > 0) {  // the first document that starts at or after the nominal start, if one starts in the unit
+      const uint64_t e = find_eos(s, a - 1, lim - 1);  // only this unit's range: no quadratic rescans
+      a = e < s.total ? e + 1 : lim;
     }
     while (a < lim) {
       if (sh.stop.load(std::memory_order_relaxed)) throw Stopped{};
-      const uint64_t e = find_eos(s, a);
+      const uint64_t e = find_eos(s, a, s.total);
       const uint64_t b = e < s.total ? e + 1 : s.total;
       if (e == a) {  // a lone EOS: an empty document
         w.dropped();

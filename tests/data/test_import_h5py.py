@@ -284,6 +284,15 @@ class ImportTest(unittest.TestCase):
         self.prepare("one", [self.p("train.bin")], "--val-fraction", "0")
         self.check_output("one", [stream + [EOS]])
 
+    def test_document_spanning_many_units(self):
+        """A document longer than many units: the units inside it are empty, nothing is scanned twice."""
+        long_doc = [int(x) for x in self.rng.integers(1, VOCAB, size=60000)]
+        stream = [5, 6, EOS] + long_doc + [EOS, 7, EOS] + long_doc[:100]
+        write_nanogpt(self.p("l.bin"), stream)
+        self.prepare("o", [self.p("l.bin")], "--split-on-eos", "--shard-tokens", "1000", "--val-fraction", "0")
+        train, _, m = self.check_output("o", split_docs(stream))
+        self.assertEqual([len(d) for d in train], [3, 60001, 2, 101])
+
     def test_npy_arrays(self):
         docs = random_docs(self.rng, 100, lo=1)
         stream = [t for d in docs for t in d + [EOS]]
