@@ -48,7 +48,12 @@ void add_bench_command(CLI::App& app) {
   infer->add_option("-c,--config", inf->config, "YAML config of the (first) model")->required();
   infer->add_option("--vs", inf->vs, "YAML config of a second model to compare (e.g. the vanilla baseline)");
   infer->add_option("overrides", inf->overrides, "section.key=value overrides applied to both configs");
-  infer->add_option("--batch", inf->batches, "batch sizes to sweep (e.g. --batch 1 4 16)")->delimiter(',');
+  infer->add_option("--batch", inf->batches,
+                    "batch sizes to sweep (e.g. --batch 1,4,16); auto: the largest batch that fits the memory")
+      ->delimiter(',');
+  infer->add_option("--memory", inf->memory_gib, "batch auto: GiB to fit in (default: the device's free memory)");
+  infer->add_option("--max-batch", inf->max_batch, "batch auto: the largest batch considered");
+  infer->add_flag("!--no-split", inf->split, "skip the profiled run that splits the time per decode step");
   infer->add_option("--prefill-heavy", inf->prefill_heavy, "PROMPT:GEN tokens (default L*15/16 : L/16)");
   infer->add_option("--decode-heavy", inf->decode_heavy, "PROMPT:GEN tokens (default L/16 : L*15/16)");
   infer->add_option("--settings", inf->settings, "both | prefill | decode");

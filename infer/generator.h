@@ -9,6 +9,13 @@
 // incremental step. The context embedding of block i conditions block i+1, as in training.
 // Vanilla model: the prompt is left-padded to the longest one (pads hidden by start[b]),
 // prefilled into the cache, then one token per step.
+//
+// Decoding stays on the device (docs/inference.md, "Decoding on the device"): tokens are chosen
+// by Backend::sample_tokens, feed the next embedding without leaving the device, and the
+// positions and the Philox counter are device counters. Per step only the new ids come back
+// (once per block for block models, once per token for the vanilla model), never the logits.
+// The steady-state steps (token-decoder step, block-decoder step, vanilla step) run through
+// Backend::run_step, so the CUDA backend replays them as CUDA graphs.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -25,16 +32,51 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int eos_id = -1;  // a sequence stops when it produces this id (-1: never)
   int pad_id = 0;   // left padding of prompts (the loader pads with EOS; use the tokenizer's EOS)
+  // The Philox stream of each prompt (empty: the prompt's index). A prompt's samples depend only
+  // on (seed, its stream, the token index), not on its row or on the other prompts of the batch.
+  std::vector<int32_t> streams;
+  // Prompt positions per forward call in the prefill: at most max(1, prefill_rows / batch)
+  // positions (blocks for the block decoder) of every sequence at once, so the prefill's
+  // activations stay bounded for long prompts and large batches. 0: 4096.
+  int64_t prefill_rows = 0;
+  bool profile = false;  // time the decode phases (GenerateResult::phases); synchronizes, no graphs
+};
+
+// Seconds of the decode loop by part (GenerateOptions::profile).
+struct DecodePhases {
+  double block_decoder = 0;  // block embedding + block-decoder step
+  double token_decoder = 0;  // prefix expansion + token-decoder prefill and steps (vanilla: the decoder)
+  double head = 0;           // the logits matmul
+  double sampling = 0;       // sample_tokens + the counters
+  double host = 0;           // reading the new ids back and appending them
 };
 
 struct GenerateResult {
   std::vector<std::vector<int32_t>> tokens;  // per prompt: the new tokens (up to, without, EOS)
   std::vector<bool> hit_eos;
-  double prefill_seconds = 0;  // prompt processing up to the first sampled token's logits
+  double prefill_seconds = 0;  // prompt processing up to the first sampled token
   double decode_seconds = 0;   // everything after
   int64_t steps = 0;           // tokens generated per sequence (incl. after EOS, excl. early stop)
   size_t kv_cache_bytes = 0;   // KV caches allocated for the batch (all sequences)
+  TransferStats prefill_transfers;  // host <-> device traffic of the setup and prefill
+  TransferStats decode_transfers;   // ... of the decode loop (after the first sampled token)
+  DecodePhases phases;              // with GenerateOptions::profile
 };
+
+// The device memory one generate call allocates besides the weights (the memory plan of
+// `bt bench infer --batch auto`): exactly what Generator allocates, each allocation rounded up to
+// `align` bytes (the CUDA arena: 256).
+struct DecodePlan {
+  size_t kv_cache = 0;  // all layers' keys and values, the whole batch
+  size_t buffers = 0;   // ids, counters, embeddings, prefix vectors, logits
+  size_t stacks = 0;    // the stacks' activation scratch (forward_cached) for the largest call
+  size_t total() const { return kv_cache + buffers + stacks; }
+};
+DecodePlan plan_decode(const ModelConfig& m, DType act, DType stats, int64_t B, int64_t prompt, int64_t gen,
+                       int64_t prefill_rows = 0, size_t align = 256);
+// The largest B <= max_batch whose plan fits `budget` bytes (0 when not even B = 1 does).
+int64_t largest_batch(const ModelConfig& m, DType act, DType stats, size_t budget, int64_t prompt, int64_t gen,
+                      int64_t max_batch, int64_t prefill_rows = 0, size_t align = 256);
 
 class Generator {
  public:
@@ -42,10 +84,20 @@ class Generator {
   explicit Generator(Model& model);
   ~Generator();
   GenerateResult generate(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o);
+  // Allocates what generate() needs for B prompts of `prompt` tokens and `gen` new tokens (no
+  // compute): confirms a memory plan. Throws when the device runs out of memory.
+  void reserve(int64_t B, int64_t prompt, int64_t gen, int64_t prefill_rows = 0);
+  // The device buffer that holds the logits of the last step of the last call, [B, V] (tests).
+  Tensor last_logits() const { return last_logits_; }
 
  private:
+  struct Layout;
   Tensor scratch(int slot, Shape s, DType t);
-  void embed_tokens(Tensor out, const std::vector<int32_t>& ids, Tensor table);
+  Layout layout(int64_t B, int64_t prompt_blocks_or_len, int64_t gen, int64_t prefill_rows);
+  void embed_host_ids(Tensor out, const std::vector<int32_t>& ids, Tensor id_buf, Tensor table);
+  // Identifies a replayable step by everything its ops take from the host: kind, shapes,
+  // buffers (epoch_) and the sampling parameters.
+  uint64_t step_key(int kind, const Layout& l, const SampleParams& p) const;
   GenerateResult generate_block(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o);
   GenerateResult generate_vanilla(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o);
 
@@ -53,7 +105,10 @@ class Generator {
   Backend& be_;
   std::unique_ptr<TransformerStack> bd_, td_, dec_;
   std::vector<Tensor> slots_;  // grow-only device buffers reused across calls
-  std::vector<float> h_logits_;
+  uint64_t id_;                // distinguishes this generator's steps from others on the backend
+  uint64_t epoch_ = 0;         // bumped when a buffer moves: captured steps are then stale
+  bool moved_ = false;         // a buffer moved since the last check
+  Tensor last_logits_;
 };
 
 // KV-cache bytes one sequence needs for a prompt of `prompt` tokens and `gen` new tokens, with
@@ -61,8 +116,9 @@ class Generator {
 size_t kv_bytes_per_sequence(const ModelConfig& m, size_t elem_bytes, int64_t prompt, int64_t gen);
 
 // The reference for tests: recomputes the whole (padded) sequence with the training forward for
-// every new token, one prompt at a time. model needs max_batch >= 1; the sequence must fit in
-// context_length.
+// every new token, one prompt at a time, and samples on the host by the same rule
+// (model/sampling.h) with the same Philox streams. model needs max_batch >= 1; the sequence must
+// fit in context_length.
 std::vector<std::vector<int32_t>> generate_naive(Model& model, const std::vector<std::vector<int32_t>>& prompts,
                                                  const GenerateOptions& o);
 

@@ -1,7 +1,6 @@
-// Sampling: see sampler.h.
+// Sampling on the host: see sampler.h; the rule itself is model/sampling.{h,cpp}.
 #include "infer/sampler.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -15,52 +14,30 @@ int32_t argmax(const float* x, int n) {
   return best;
 }
 
-Sampler::Sampler(const SamplingOptions& o, int batch) : o_(o) {
-  BT_CHECK(o.top_k >= 0, "--top-k must be >= 0 (0 = no limit)");
-  BT_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p must be in (0, 1]");
-  for (int b = 0; b < batch; ++b) rng_.emplace_back(o.seed, static_cast<uint64_t>(b) + 1);
+SampleParams sample_params(const SamplingOptions& o, int eos_id) {
+  BT_CHECK(o.top_k >= 0, "--top-k must be >= 0 (0 = no limit), not ", o.top_k);
+  BT_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p must be in (0, 1], not ", o.top_p);
+  BT_CHECK(std::isfinite(o.temperature), "--temperature must be a number, not ", o.temperature);
+  SampleParams p;
+  p.greedy = o.greedy;
+  p.temperature = o.temperature;
+  p.top_k = o.top_k;
+  p.top_p = o.top_p;
+  p.seed = o.seed;
+  p.eos_id = eos_id;
+  return p;
+}
+
+Sampler::Sampler(const SamplingOptions& o, int batch, const std::vector<int32_t>& streams)
+    : o_(o), p_(sample_params(o, -1)), streams_(streams), steps_(batch, 0) {
+  BT_CHECK(streams_.empty() || static_cast<int>(streams_.size()) == batch, "sampler: ", streams_.size(),
+           " streams for ", batch, " sequences");
+  if (streams_.empty())
+    for (int b = 0; b < batch; ++b) streams_.push_back(b);
 }
 
 int32_t Sampler::sample(const float* logits, int V, int b) {
-  if (o_.greedy || o_.temperature <= 0) return argmax(logits, V);
-  // Softmax at the temperature, in double, over the candidates sorted by probability.
-  auto& c = scratch_;
-  c.resize(V);
-  double mx = -INFINITY;
-  for (int i = 0; i < V; ++i) mx = std::max(mx, static_cast<double>(logits[i]));
-  for (int i = 0; i < V; ++i) c[i] = {(static_cast<double>(logits[i]) - mx) / o_.temperature, i};
-  size_t n = static_cast<size_t>(V);
-  if (o_.top_k > 0 && static_cast<size_t>(o_.top_k) < n) {
-    std::partial_sort(c.begin(), c.begin() + o_.top_k, c.end(),
-                      [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-    n = static_cast<size_t>(o_.top_k);
-  } else {
-    std::sort(c.begin(), c.end(),
-              [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-  }
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) {
-    c[i].first = std::exp(c[i].first);
-    sum += c[i].first;
-  }
-  if (o_.top_p < 1.0) {  // the smallest prefix whose mass reaches top_p
-    double acc = 0;
-    size_t keep = 0;
-    while (keep < n) {
-      acc += c[keep].first / sum;
-      ++keep;
-      if (acc >= o_.top_p) break;
-    }
-    n = keep;
-    sum = 0;
-    for (size_t i = 0; i < n; ++i) sum += c[i].first;
-  }
-  double u = rng_[b].uniform() * sum;
-  for (size_t i = 0; i < n; ++i) {
-    u -= c[i].first;
-    if (u < 0) return c[i].second;
-  }
-  return c[n - 1].second;
+  return sample_row(logits, V, p_, static_cast<uint32_t>(streams_[b]), steps_[b]++);
 }
 
 }  // namespace bt

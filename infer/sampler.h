@@ -1,11 +1,14 @@
-// Next-token choice from a row of logits: greedy (argmax, lowest id on ties) or sampling with
-// temperature, top-k and top-p (nucleus). Each sequence of a batch draws from its own stream
-// (seed, sequence index), so a sequence's samples do not depend on what else is in the batch.
+// Next-token choice on the host, by the rule every backend implements (model/sampling.h):
+// greedy (argmax, lowest id on ties) or sampling with temperature, top-k and top-p (nucleus),
+// each draw keyed by (seed, the sequence's stream, its token index) through Philox4x32-10, so
+// a sequence's samples depend neither on the rest of the batch nor on the backend. The
+// generator samples on the device (Backend::sample_tokens); this class serves the naive
+// reference generation and tests.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "core/rng.h"
+#include "model/sampling.h"
 
 namespace bt {
 
@@ -17,17 +20,22 @@ struct SamplingOptions {
   uint64_t seed = 0;
 };
 
+// Checks the options (a clear error for bad values) and adds the stop token.
+SampleParams sample_params(const SamplingOptions& o, int eos_id);
+
 class Sampler {
  public:
-  Sampler(const SamplingOptions& o, int batch);
-  // logits [V] of sequence b -> the chosen id.
+  // streams[b]: the Philox stream of sequence b (empty: b).
+  Sampler(const SamplingOptions& o, int batch, const std::vector<int32_t>& streams = {});
+  // logits [V] of sequence b -> the chosen id; advances b's token index.
   int32_t sample(const float* logits, int V, int b);
   const SamplingOptions& options() const { return o_; }
 
  private:
   SamplingOptions o_;
-  std::vector<Rng> rng_;
-  std::vector<std::pair<double, int32_t>> scratch_;
+  SampleParams p_;
+  std::vector<int32_t> streams_;
+  std::vector<uint32_t> steps_;
 };
 
 int32_t argmax(const float* x, int n);

@@ -18,11 +18,13 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "model/sampling.h"
 
 namespace bt {
 
@@ -52,6 +54,25 @@ struct AttnMask {
 struct RotaryParams {
   int rd = 0;           // rotated dims per head (even), rd = int(hd * rotary_pct)
   double base = 10000;  // inv_freq[i] = base^(-2i/rd)
+};
+
+// ---- types of the decoding ops (the last section of Backend) ---------------------------------
+// The device tensors that sample_tokens reads and writes for a batch of B rows being decoded.
+struct DecodeState {
+  Tensor ids;   // [B] i32 out: each row's new token (what the next embedding reads)
+  Tensor hist;  // [B, W] i32 out, may be empty: the token of step s also goes to column s % W
+  Tensor done;  // [B] i32 in/out, may be empty: 1 once a row drew eos_id; it then outputs eos_id
+  Tensor seq;   // [B] i32 the Philox stream of each row: the sequence's own id, not its row
+  Tensor step;  // [1] i32 the token index s (the Philox counter); not advanced by sample_tokens
+};
+
+// Host <-> device traffic of a backend since it was made (upload, download, synchronize). The
+// CPU backend counts the same calls although nothing moves, so that a decoding loop's traffic
+// is checked on both.
+struct TransferStats {
+  uint64_t h2d_bytes = 0, d2h_bytes = 0;
+  uint64_t h2d_copies = 0, d2h_copies = 0;
+  uint64_t syncs = 0;  // waits of the host for the device (synchronize, and every upload and download)
 };
 
 class Backend {
@@ -168,6 +189,34 @@ class Backend {
     double lr, beta1, beta2, eps, weight_decay, c1, c2;
   };
   virtual void adamw_update(Tensor param, Tensor master, Tensor grad, Tensor m, Tensor v, const AdamW& h) = 0;
+
+  // ---- decoding on the device (infer/generator.cpp; docs/inference.md) ------------------------
+  // Decoding keeps its state on the device: the chosen ids feed the next embedding directly,
+  // positions and the Philox counter are device counters, and a step's arguments never change,
+  // so a backend can replay a step as a graph (run_step).
+  //
+  // logits [B, V] -> st.ids [B] (and st.hist, st.done) by the rule of model/sampling.h, with the
+  // draw of row b keyed by (p.seed, st.seq[b], st.step[0]). Rows with st.done set output eos_id.
+  virtual void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& p) = 0;
+  // c [n] i32 on the device, c[i] += add[i] (n = add.size(), at most 8): decode counters.
+  virtual void add_i32(Tensor c, const std::vector<int32_t>& add) = 0;
+  // qkv_rotary_cache / attention_cached with the absolute position in device memory: pos [1] i32,
+  // query t at position pos[0] + t, which must stay below the cache length Tmax.
+  virtual void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) = 0;
+  virtual void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) = 0;
+  // Host <-> device traffic so far.
+  virtual TransferStats transfers() const = 0;
+  // A replayable step: runs `ops` (calls of this backend's ops). A backend with graphs (CUDA
+  // unless BT_CUDA_GRAPHS=0) runs it plainly the first time for a key (allocations, plans and
+  // tables settle), captures it the second time and from then on only replays the graph. So the
+  // ops must see the same tensors and host arguments at every call with one key; what changes
+  // between steps lives in device memory. forget_steps() drops every graph (call it before the
+  // tensors a step uses move or are freed).
+  virtual void run_step(uint64_t key, const std::function<void()>& ops) {
+    (void)key;
+    ops();
+  }
+  virtual void forget_steps() {}
 };
 
 // Backends by name: "cpu" (float), "cpu64" (double, for gradient checks), "cuda" (bf16 or fp32).

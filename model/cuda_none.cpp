@@ -14,5 +14,7 @@ std::unique_ptr<Backend> make_cuda_backend(DType, int) {
 }
 void* cuda_stream(Backend&) { return nullptr; }
 CudaMemoryStats cuda_memory_stats(Backend&) { return {}; }
+void cuda_set_graphs(Backend&, bool) {}
+CudaGraphStats cuda_graph_stats(Backend&) { return {}; }
 
 }  // namespace bt

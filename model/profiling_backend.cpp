@@ -104,6 +104,22 @@ class ProfilingBackend final : public Backend {
     timed("optimizer", [&] { in_.adamw_update(param, master, grad, m, v, h); });
   }
 
+  // Decoding: timed per op like the rest; steps always run plainly here (no graphs), so that
+  // each op is timed.
+  void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& p) override {
+    timed("sampling", [&] { in_.sample_tokens(logits, st, p); });
+  }
+  void add_i32(Tensor c, const std::vector<int32_t>& add) override {
+    timed("sampling", [&] { in_.add_i32(c, add); });
+  }
+  void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) override {
+    timed("rotary", [&] { in_.qkv_rotary_cache_at(q, kc, vc, qkv, pos, rope); });
+  }
+  void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) override {
+    timed("attention", [&] { in_.attention_cached_at(out, q, kc, vc, start, pos); });
+  }
+  TransferStats transfers() const override { return in_.transfers(); }
+
   std::map<std::string, OpGroupTime> times;
 
  private:

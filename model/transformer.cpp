@@ -1,6 +1,7 @@
 // The GPT-NeoX layer schedule, forward and backward, over the ops of model/backend.h.
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace bt {
@@ -252,7 +253,20 @@ void TransformerStack::reserve_cached(int64_t max_tokens) {
   cs_.out = al({n, D});
 }
 
-Tensor TransformerStack::forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start) {
+size_t TransformerStack::cached_scratch_bytes(const StackDims& d, int64_t max_tokens, DType act, DType stats,
+                                              size_t align) {
+  auto r = [&](int64_t elems, DType t) {
+    const size_t b = size_t(elems) * dtype_size(t);
+    return std::max(align, (b + align - 1) / align * align);
+  };
+  const int64_t n = max_tokens, D = d.D, F = d.F;
+  // As reserve_cached: ln, qkv, q, atty, attn_out, fch, fch_gelu, mlp_out, res_a, res_b, out; mean, rstd.
+  return r(n * D, act) + r(n * 3 * D, act) + r(n * D, act) * 3 + r(n * F, act) * 2 + r(n * D, act) * 4 +
+         r(n, stats) * 2;
+}
+
+Tensor TransformerStack::forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start,
+                                        Tensor pos) {
   BT_CHECK(cache.B == B && static_cast<int>(cache.k.size()) == d_.layers, "forward_cached: a cache for ", cache.B,
            " sequences and ", cache.k.size(), " layers given to a batch of ", B, " and ", d_.layers, " layers");
   BT_CHECK(pos0 + T <= cache.Tmax, "forward_cached: positions up to ", pos0 + T, " exceed the KV cache length ",
@@ -272,8 +286,13 @@ Tensor TransformerStack::forward_cached(Tensor x, int64_t B, int64_t T, int64_t 
     // attention branch: LN1 -> QKV -> rotary into the cache -> attention over the cache -> dense
     be_.layernorm_forward(ln, mean, rstd, res, w.ln1_w, w.ln1_b, d_.eps);
     be_.matmul_forward(qkv, ln, w.qkv_w, w.qkv_b);
-    be_.qkv_rotary_cache(q, cache.k[l], cache.v[l], qkv, pos0, d_.rope);
-    be_.attention_cached(atty, q, cache.k[l], cache.v[l], start, pos0);
+    if (pos.empty()) {
+      be_.qkv_rotary_cache(q, cache.k[l], cache.v[l], qkv, pos0, d_.rope);
+      be_.attention_cached(atty, q, cache.k[l], cache.v[l], start, pos0);
+    } else {
+      be_.qkv_rotary_cache_at(q, cache.k[l], cache.v[l], qkv, pos, d_.rope);
+      be_.attention_cached_at(atty, q, cache.k[l], cache.v[l], start, pos);
+    }
     be_.matmul_forward(attn_out, atty, w.attn_w, w.attn_b);
     // MLP branch (parallel residual)
     be_.layernorm_forward(ln, mean, rstd, res, w.ln2_w, w.ln2_b, d_.eps);

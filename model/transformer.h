@@ -67,13 +67,21 @@ class TransformerStack {
   const StackDims& dims() const { return d_; }
 
   // ---- inference (no backward; the training buffers above are not used) ----------------------
-  // Scratch for forward_cached calls of up to max_tokens rows (B * T); grows when needed.
+  // Scratch for forward_cached calls of up to max_tokens rows (B * T); grows when needed (new
+  // buffers: what a captured decode step used stays allocated but is no longer the one in use).
   void reserve_cached(int64_t max_tokens);
+  int64_t cached_capacity() const { return cached_max_; }
+  // Bytes reserve_cached(max_tokens) allocates, each tensor rounded up to `align` (memory plans).
+  static size_t cached_scratch_bytes(const StackDims& d, int64_t max_tokens, DType act, DType stats, size_t align);
   // x [B, T, D] at absolute positions pos0 .. pos0+T-1 -> [B, T, D] after the final LayerNorm
   // (valid until the next call). The layers' keys and values of these positions are written into
   // cache, which holds positions < pos0 from earlier calls; start [B] i32 (or empty) hides each
   // sequence's left padding. The same per-layer op sequence as forward().
-  Tensor forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start);
+  // pos (optional, [1] i32 on the device): the positions are pos[0] + pos0 .. instead, read by the
+  // ops on the device (qkv_rotary_cache_at, attention_cached_at), so that the same calls serve every
+  // step of a replayed decode step (Backend::run_step).
+  Tensor forward_cached(Tensor x, int64_t B, int64_t T, int64_t pos0, KVCache& cache, Tensor start,
+                        Tensor pos = Tensor());
 
  private:
   struct CachedScratch {  // [max_tokens, ...] each

@@ -36,9 +36,15 @@ class CpuBackend final : public Backend {
   void zero(Tensor t) override {
     if (!t.empty() && t.bytes() > 0) std::memset(t.data, 0, t.bytes());
   }
-  void upload(Tensor dst, const void* host, DType host_t) override { convert_dtype(dst.data, dst.dtype, host, host_t, dst.numel()); }
-  void download(void* host, DType host_t, Tensor src) override { convert_dtype(host, host_t, src.data, src.dtype, src.numel()); }
-  void synchronize() override {}
+  void upload(Tensor dst, const void* host, DType host_t) override {
+    convert_dtype(dst.data, dst.dtype, host, host_t, dst.numel());
+    count(stats_.h2d_bytes, stats_.h2d_copies, dst.bytes());
+  }
+  void download(void* host, DType host_t, Tensor src) override {
+    convert_dtype(host, host_t, src.data, src.dtype, src.numel());
+    count(stats_.d2h_bytes, stats_.d2h_copies, src.bytes());
+  }
+  void synchronize() override { ++stats_.syncs; }
   size_t bytes_allocated() const override { return allocated_; }
 
   void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
@@ -228,7 +234,73 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // ---- decoding on the device (here: host memory) --------------------------------------------
+  void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& sp) override {
+    const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
+    const int V = static_cast<int>(logits.dim(-1));
+    BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
+                 st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
+                 (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
+             "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
+             " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
+    BT_CHECK(sp.eos_id < V, "sample_tokens: eos id ", sp.eos_id, " is not below the vocabulary size ", V);
+    for (const Tensor* t : {&st.ids, &st.seq, &st.step, &st.done, &st.hist})
+      BT_CHECK(t->empty() || t->dtype == DType::i32, "sample_tokens: ids, seq, step, done and hist are i32");
+    const T* x = p(logits);
+    int32_t* ids = i32(st.ids);
+    int32_t* done = st.done.empty() ? nullptr : i32(st.done);
+    int32_t* hist = st.hist.empty() ? nullptr : i32(st.hist);
+    const int32_t* seq = i32(st.seq);
+    const int32_t step = *i32(st.step);
+    const int64_t W = hist ? st.hist.dim(1) : 1;
+#pragma omp parallel if (B > 1)
+    {
+      std::vector<float> row(V);
+#pragma omp for schedule(dynamic)
+      for (int64_t b = 0; b < B; ++b) {
+        int32_t id;
+        if (done && done[b]) {
+          id = sp.eos_id;
+        } else {
+          for (int i = 0; i < V; ++i) row[i] = static_cast<float>(x[b * V + i]);
+          id = sample_row(row.data(), V, sp, static_cast<uint32_t>(seq[b]), static_cast<uint32_t>(step));
+          if (done && sp.eos_id >= 0 && id == sp.eos_id) done[b] = 1;
+        }
+        ids[b] = id;
+        if (hist) hist[b * W + step % W] = id;
+      }
+    }
+  }
+  void add_i32(Tensor c, const std::vector<int32_t>& add) override {
+    BT_CHECK(c.numel() == add.size() && add.size() <= 8, "add_i32: ", add.size(), " values for a tensor ",
+             c.shape.str());
+    int32_t* x = i32(c);
+    for (size_t i = 0; i < add.size(); ++i) x[i] += add[i];
+  }
+  void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) override {
+    qkv_rotary_cache(q, kc, vc, qkv, position(pos, "qkv_rotary_cache_at"), rope);
+  }
+  void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) override {
+    attention_cached(out, q, kc, vc, start, position(pos, "attention_cached_at"));
+  }
+  TransferStats transfers() const override { return stats_; }
+
  private:
+  // upload and download wait for the device on CUDA: counted as a synchronization here too.
+  void count(uint64_t& bytes, uint64_t& copies, size_t n) {
+    bytes += n;
+    ++copies;
+    ++stats_.syncs;
+  }
+  static int32_t* i32(const Tensor& t) {
+    BT_CHECK(t.device == Device::cpu && t.dtype == DType::i32, "cpu backend: expected an i32 host tensor, got ",
+             dtype_name(t.dtype), " ", t.shape.str());
+    return t.ptr<int32_t>();
+  }
+  static int64_t position(const Tensor& pos, const char* op) {
+    BT_CHECK(pos.numel() == 1, op, ": pos must be one i32 on the device, not ", pos.shape.str());
+    return *i32(pos);
+  }
   static T* p(const Tensor& t) {
     if (t.empty()) return nullptr;
     BT_CHECK(t.device == Device::cpu, "cpu backend given a tensor on another device");
@@ -237,6 +309,7 @@ class CpuBackend final : public Backend {
 
   std::vector<std::unique_ptr<void, void (*)(void*)>> blocks_;
   size_t allocated_ = 0;
+  TransferStats stats_;
 };
 
 }  // namespace

@@ -17,7 +17,7 @@
 // BT_EXTERN_SHARED(float, smem) declares the dynamic shared memory of a kernel, 128-byte aligned
 // (WMMA pointers must be 32-byte aligned).
 #ifdef BT_SIMT
-#define BT_LAUNCH(grid, block, smem, stream, ...) ::bt::simt::make_launch(grid, block, smem, __VA_ARGS__)
+#define BT_LAUNCH(grid, block, smem, stream, ...) ::bt::simt::make_launch(grid, block, smem, stream, __VA_ARGS__)
 #define BT_EXTERN_SHARED(T, name) T* name = static_cast<T*>(::bt::simt::dynamic_shared())
 #else
 #define BT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>

@@ -53,6 +53,7 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
+    forget_steps();
     if (std::getenv("BT_CUDA_STATS")) {
       const CudaMemoryStats s = stats();
       std::fprintf(stderr,
@@ -98,6 +99,7 @@ class CudaBackend final : public Backend {
   }
   void upload(Tensor dst, const void* host, DType host_t) override {
     if (dst.numel() == 0) return;
+    not_capturing("upload");
     void* d = dev(dst, "upload");
     if (host_t == dst.dtype) {
       BT_CUDA_CHECK(cudaMemcpyAsync(d, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
@@ -107,10 +109,17 @@ class CudaBackend final : public Backend {
       BT_CUDA_CHECK(cudaMemcpyAsync(d, staging_.data(), dst.bytes(), cudaMemcpyHostToDevice, stream_));
     }
     BT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away when we return
+    stats_.h2d_bytes += dst.bytes();
+    ++stats_.h2d_copies;
+    ++stats_.syncs;
   }
   void download(void* host, DType host_t, Tensor src) override {
     if (src.numel() == 0) return;
+    not_capturing("download");
     const void* d = dev(src, "download");
+    stats_.d2h_bytes += src.bytes();
+    ++stats_.d2h_copies;
+    ++stats_.syncs;
     if (host_t == src.dtype) {
       BT_CUDA_CHECK(cudaMemcpyAsync(host, d, src.bytes(), cudaMemcpyDeviceToHost, stream_));
       BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -121,7 +130,11 @@ class CudaBackend final : public Backend {
       convert_dtype(host, host_t, staging_.data(), src.dtype, src.numel());
     }
   }
-  void synchronize() override { BT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    not_capturing("synchronize");
+    BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ++stats_.syncs;
+  }
 
   // ---- embeddings -----------------------------------------------------------------------------
   void embedding_forward(Tensor out, Tensor tokens, Tensor table) override {
@@ -424,6 +437,10 @@ class CudaBackend final : public Backend {
   // ---- optimizer ------------------------------------------------------------------------------
   double sum_squares(Tensor g) override {
     if (g.empty() || g.numel() == 0) return 0.0;
+    not_capturing("sum_squares");
+    stats_.d2h_bytes += sizeof(double);  // the result comes back to the host
+    ++stats_.d2h_copies;
+    ++stats_.syncs;
     return cuda::sum_squares(dev(g, "sum_squares"), g.numel(), g.dtype, scratch_, stream_);
   }
   void scale(Tensor t, double s) override {
@@ -443,6 +460,112 @@ class CudaBackend final : public Backend {
     cuda::adamw_update(dev(param, "adamw_update"), param.dtype, static_cast<float*>(opt(master)),
                        static_cast<const float*>(grad.data), static_cast<float*>(m.data),
                        static_cast<float*>(v.data), n, a, stream_);
+  }
+
+  // ---- decoding on the device ------------------------------------------------------------------
+  void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& p) override {
+    const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
+    const int V = static_cast<int>(logits.dim(-1));
+    BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
+                 st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
+                 (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
+             "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
+             " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
+    BT_CHECK(p.eos_id < V, "sample_tokens: eos id ", p.eos_id, " is not below the vocabulary size ", V);
+    act(logits, "sample_tokens logits");
+    int32_t* hist = st.hist.empty() ? nullptr : const_cast<int32_t*>(ids(st.hist, "sample_tokens hist"));
+    int32_t* done = st.done.empty() ? nullptr : const_cast<int32_t*>(ids(st.done, "sample_tokens done"));
+    cuda::sample_tokens(dev(logits, "sample_tokens"), int(B), V, act_,
+                        const_cast<int32_t*>(ids(st.ids, "sample_tokens ids")), hist,
+                        hist ? int(st.hist.dim(1)) : 1, done, ids(st.seq, "sample_tokens seq"),
+                        ids(st.step, "sample_tokens step"), p, stream_);
+  }
+  void add_i32(Tensor c, const std::vector<int32_t>& add) override {
+    BT_CHECK(c.numel() == add.size() && add.size() <= 8, "add_i32: ", add.size(), " values for a tensor ",
+             c.shape.str());
+    cuda::add_i32(const_cast<int32_t*>(ids(c, "add_i32")), add.data(), int(add.size()), stream_);
+  }
+  void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 vc.shape == kc.shape && qkv.numel() == 3 * q.numel() && pos.numel() == 1 && Tn <= Tmax,
+             "qkv_rotary_cache_at: q ", q.shape.str(), " kc ", kc.shape.str(), " qkv ", qkv.shape.str(), " pos ",
+             pos.shape.str());
+    for (const Tensor* t : {&q, &kc, &vc, &qkv}) act(*t, "qkv_rotary_cache_at");
+    const Rope r = rope_table(rope, int(hd), Tmax);  // any position of the cache
+    for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "qkv_rotary_cache_at");
+    cuda::qkv_rotary_cache(q.data, kc.data, vc.data, dev(qkv, "qkv_rotary_cache_at"), int(B), int(Tn), int(H),
+                           int(hd), rope.rd, 0, Tmax, r.cos, r.sin, act_, stream_, ids(pos, "qkv_rotary_cache_at pos"));
+  }
+  void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) override {
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 vc.shape == kc.shape && out.numel() == q.numel() && Tn <= Tmax && pos.numel() == 1 &&
+                 (start.empty() || start.numel() == size_t(B)),
+             "attention_cached_at: q ", q.shape.str(), " kc ", kc.shape.str(), " out ", out.shape.str(), " pos ",
+             pos.shape.str());
+    for (const Tensor* t : {&out, &q, &kc, &vc}) act(*t, "attention_cached_at");
+    const int32_t* st = start.empty() ? nullptr : ids(start, "attention_cached_at start");
+    for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "attention_cached_at");
+    cuda::attention_cached(dev(out, "attention_cached_at"), q.data, kc.data, vc.data, st, int(B), int(H), int(Tn),
+                           int(hd), 0, Tmax, act_, stream_, ids(pos, "attention_cached_at pos"));
+  }
+  TransferStats transfers() const override { return stats_; }
+
+  // Replayable steps as CUDA graphs: the first call of a key runs plainly, the second captures
+  // the stream into a graph (thread-local capture mode: a synchronizing call inside fails) and
+  // launches it, later calls only launch it.
+  void run_step(uint64_t key, const std::function<void()>& ops) override {
+    if (!graphs_) {
+      ops();
+      return;
+    }
+    StepGraph& g = steps_[key];
+    if (g.exec) {
+      BT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+      ++graph_stats_.replays;
+      return;
+    }
+    if (g.calls++ == 0) {
+      ops();
+      return;
+    }
+    BT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    try {
+      ops();
+    } catch (...) {
+      capturing_ = false;
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream_, &broken);
+      if (broken) cudaGraphDestroy(broken);
+      (void)cudaGetLastError();
+      throw;
+    }
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    BT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    BT_CUDA_CHECK(e);
+    ++graph_stats_.captures;
+    BT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+    ++graph_stats_.replays;
+  }
+  void forget_steps() override {
+    for (auto& [key, g] : steps_)
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+    steps_.clear();
+  }
+  void set_graphs(bool on) {
+    if (!on) forget_steps();
+    graphs_ = on;
+  }
+  CudaGraphStats graph_stats() const {
+    CudaGraphStats s = graph_stats_;
+    s.enabled = graphs_;
+    s.graphs = steps_.size();
+    return s;
   }
 
  private:
@@ -481,12 +604,21 @@ class CudaBackend final : public Backend {
       t.sin = static_cast<float*>(arena_.alloc(s.size() * 4, "rotary sin table"));
       BT_CUDA_CHECK(cudaMemcpyAsync(t.cos, c.data(), c.size() * 4, cudaMemcpyHostToDevice, stream_));
       BT_CUDA_CHECK(cudaMemcpyAsync(t.sin, s.data(), s.size() * 4, cudaMemcpyHostToDevice, stream_));
+      not_capturing("growing the rotary tables");
       BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      stats_.h2d_bytes += 8 * c.size();
+      stats_.h2d_copies += 2;
+      ++stats_.syncs;
       t.positions = P;
     }
     return {t.cos, t.sin};
   }
 
+  // Host-synchronizing calls cannot be part of a graph: a step that makes one is a bug.
+  void not_capturing(const char* what) const {
+    BT_CHECK(!capturing_, what, " inside a replayable step (Backend::run_step): a captured step must stay on the "
+             "device; move the transfer out of the step");
+  }
   void* dev(const Tensor& t, const char* op) const {
     BT_CHECK(!t.empty(), op, ": a required tensor is empty");
     BT_CHECK(t.device == Device::cuda, op, ": tensor ", t.shape.str(),
@@ -522,6 +654,18 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;  // after arena_: destroyed before its workspace goes
   std::map<std::pair<int, double>, RopeTable> ropes_;
   std::vector<unsigned char> staging_;
+  TransferStats stats_;
+  struct StepGraph {
+    int calls = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<uint64_t, StepGraph> steps_;
+  bool graphs_ = [] {
+    const char* e = std::getenv("BT_CUDA_GRAPHS");
+    return !(e && std::string(e) == "0");
+  }();
+  bool capturing_ = false;
+  CudaGraphStats graph_stats_;
 };
 
 }  // namespace
@@ -533,6 +677,15 @@ std::unique_ptr<Backend> make_cuda_backend(DType act_dtype, int device) {
 void* cuda_stream(Backend& be) {
   auto* c = dynamic_cast<CudaBackend*>(&be);
   return c ? static_cast<void*>(c->stream()) : nullptr;
+}
+
+void cuda_set_graphs(Backend& be, bool on) {
+  if (auto* c = dynamic_cast<CudaBackend*>(&be)) c->set_graphs(on);
+}
+
+CudaGraphStats cuda_graph_stats(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  return c ? c->graph_stats() : CudaGraphStats{};
 }
 
 CudaMemoryStats cuda_memory_stats(Backend& be) {

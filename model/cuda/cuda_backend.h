@@ -37,4 +37,15 @@ struct CudaMemoryStats {
 // Zero stats when be is not a CUDA backend.
 CudaMemoryStats cuda_memory_stats(Backend& be);
 
+// CUDA graphs of replayable decode steps (Backend::run_step). On by default; BT_CUDA_GRAPHS=0
+// (or cuda_set_graphs(be, false)) runs every step as plain launches.
+struct CudaGraphStats {
+  bool enabled = false;
+  size_t graphs = 0;      // step keys seen (captured or not yet)
+  uint64_t captures = 0;  // graphs captured and instantiated
+  uint64_t replays = 0;   // graph launches
+};
+void cuda_set_graphs(Backend& be, bool on);  // no-op for other backends
+CudaGraphStats cuda_graph_stats(Backend& be);
+
 }  // namespace bt

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda_bf16.h"
+#include "cuda_runtime.h"
 
 struct cublasLtContext {
   int unused;
@@ -156,35 +157,42 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
                               cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta,
                               const void* C, cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d,
-                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t) {
+                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t stream) {
   const cublasStatus_t s = validate(*desc, *a, *b, *c, *d);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   if (!algo) return CUBLAS_STATUS_INVALID_VALUE;
   const void* ptrs[4] = {A, B, C, D};
   for (int i = 0; i < 4; ++i)
     if (alignment(ptrs[i]) < algo->data[i]) return CUBLAS_STATUS_INVALID_VALUE;  // chosen for aligned pointers
-  const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS;
-  if (bias && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+  if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+  // Host-side alpha and beta are read now; descriptors and layouts are copied, so the work can
+  // run later (a stream being captured into a graph records it).
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  const size_t m = d->rows, n = d->cols, k = desc->ta == CUBLAS_OP_N ? a->cols : a->rows;
-  bt::simt::DeviceAccess open;
-  // op(A) as rows [m][k], op(B) as columns [n][k], so each output is one contiguous dot product.
-  std::vector<float> opa(m * k), opb(n * k);
-  for (size_t i = 0; i < m; ++i)
-    for (size_t l = 0; l < k; ++l)
-      opa[i * k + l] = load(A, a->type, desc->ta == CUBLAS_OP_N ? i + l * a->ld : l + i * a->ld);
-  for (size_t j = 0; j < n; ++j)
-    for (size_t l = 0; l < k; ++l)
-      opb[j * k + l] = load(B, b->type, desc->tb == CUBLAS_OP_N ? l + j * b->ld : j + l * b->ld);
-  for (size_t j = 0; j < n; ++j)
-    for (size_t i = 0; i < m; ++i) {
-      float acc = 0.f;
-      for (size_t l = 0; l < k; ++l) acc += opa[i * k + l] * opb[j * k + l];
-      float v = al * acc;
-      if (be != 0.f) v += be * load(C, c->type, i + j * c->ld);  // beta = 0 never reads C
-      if (bias) v += load(desc->bias, d->type, i);
-      store(D, d->type, i + j * d->ld, v);
-    }
+  const cublasLtMatmulDescOpaque_t dc = *desc;
+  const cublasLtMatrixLayoutOpaque_t la = *a, lb = *b, lc = *c, ld = *d;
+  bt::simt::enqueue(stream, [=] {
+    const bool bias = dc.epilogue == CUBLASLT_EPILOGUE_BIAS;
+    const size_t m = ld.rows, n = ld.cols, k = dc.ta == CUBLAS_OP_N ? la.cols : la.rows;
+    bt::simt::DeviceAccess open;
+    // op(A) as rows [m][k], op(B) as columns [n][k], so each output is one contiguous dot product.
+    std::vector<float> opa(m * k), opb(n * k);
+    for (size_t i = 0; i < m; ++i)
+      for (size_t l = 0; l < k; ++l)
+        opa[i * k + l] = load(A, la.type, dc.ta == CUBLAS_OP_N ? i + l * la.ld : l + i * la.ld);
+    for (size_t j = 0; j < n; ++j)
+      for (size_t l = 0; l < k; ++l)
+        opb[j * k + l] = load(B, lb.type, dc.tb == CUBLAS_OP_N ? l + j * lb.ld : j + l * lb.ld);
+    for (size_t j = 0; j < n; ++j)
+      for (size_t i = 0; i < m; ++i) {
+        float acc = 0.f;
+        for (size_t l = 0; l < k; ++l) acc += opa[i * k + l] * opb[j * k + l];
+        float v = al * acc;
+        if (be != 0.f) v += be * load(C, lc.type, i + j * lc.ld);  // beta = 0 never reads C
+        if (bias) v += load(dc.bias, ld.type, i);
+        store(D, ld.type, i + j * ld.ld, v);
+      }
+    return 0;
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 

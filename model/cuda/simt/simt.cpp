@@ -1,6 +1,7 @@
 // SIMT emulator (simt.h): fibers, barriers, warp exchanges, launch checks, and the host side of
 // the fake CUDA runtime (cuda_runtime.h): device memory is host memory, streams and events are
-// no-ops because every launch completes before it returns.
+// no-ops because every launch completes before it returns; stream capture records work into a
+// graph that cudaGraphLaunch runs.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -355,8 +356,10 @@ void* dynamic_shared() {  // 128-byte aligned, as the kernels declare it
 
 void set_reverse_order(bool reverse) { g_reverse = reverse; }
 
-int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::function<void()>& thread) {
-  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+namespace {
+
+// What the GPU checks when a kernel is launched (or captured): cudaSuccess or the error.
+cudaError_t check_config(const void* fn, dim3 grid, dim3 block, size_t smem) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.y > 65535 || grid.z > 65535) {
@@ -370,6 +373,15 @@ int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::func
     std::fprintf(stderr, "simt: %zu bytes of dynamic shared memory exceed this kernel's limit of %zu\n", smem, limit);
     return record(cudaErrorInvalidValue);
   }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::function<void()>& thread) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (const cudaError_t e = check_config(fn, grid, block, smem); e != cudaSuccess) return e;
   if (g.current >= 0) {
     std::fprintf(stderr, "simt: a kernel launched a kernel (dynamic parallelism is not emulated)\n");
     return record(cudaErrorLaunchFailure);
@@ -397,6 +409,64 @@ int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::func
       }
   g.thread = nullptr;
   return cudaSuccess;
+}
+
+// ---- stream capture and graphs ------------------------------------------------------------------
+
+namespace {
+
+struct GraphNodes {
+  std::vector<std::function<int()>> work;  // in stream order
+};
+struct Capture {
+  GraphNodes* graph = nullptr;
+  bool invalid = false;
+  bool relaxed = false;
+};
+std::map<const void*, Capture> g_captures;  // by stream
+std::recursive_mutex g_capture_mutex;
+
+}  // namespace
+
+bool capturing(const void* stream) {
+  std::lock_guard<std::recursive_mutex> lock(g_capture_mutex);
+  return g_captures.count(stream) > 0;
+}
+
+int enqueue(const void* stream, std::function<int()> work) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(g_capture_mutex);
+    auto it = g_captures.find(stream);
+    if (it != g_captures.end()) {
+      it->second.graph->work.push_back(std::move(work));
+      return cudaSuccess;
+    }
+  }
+  return work();
+}
+
+int capture_grid(const void* stream, const void* fn, dim3 grid, dim3 block, size_t smem,
+                 std::function<void()> thread) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  if (const cudaError_t e = check_config(fn, grid, block, smem); e != cudaSuccess) return e;
+  return enqueue(stream, [fn, grid, block, smem, thread = std::move(thread)] {
+    return run_grid(fn, grid, block, smem, thread);
+  });
+}
+
+// A synchronizing call: fails inside a (not relaxed) capture and invalidates it.
+cudaError_t unsafe_during_capture(const char* what) {
+  std::lock_guard<std::recursive_mutex> lock(g_capture_mutex);
+  bool strict = false;
+  for (auto& [s, c] : g_captures)
+    if (!c.relaxed) {
+      c.invalid = true;
+      strict = true;
+    }
+  if (!strict) return cudaSuccess;
+  std::fprintf(stderr, "simt: %s during a stream capture (not allowed on the GPU; the capture is invalidated)\n",
+               what);
+  return record(cudaErrorStreamCaptureUnsupported);
 }
 
 }  // namespace bt::simt
@@ -482,9 +552,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   *value = bt::simt::kMaxSmemOptin;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return bt::simt::unsafe_during_capture("cudaDeviceSynchronize"); }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (const cudaError_t e = bt::simt::unsafe_during_capture("cudaMalloc"); e != cudaSuccess) return e;
   std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
   if (g_allocated + bytes > kTotalMemory) return bt::simt::record(cudaErrorMemoryAllocation);
   const size_t page = 4096, mapped = std::max(page, (bytes + page - 1) / page * page);
@@ -500,6 +571,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
+  if (const cudaError_t e = bt::simt::unsafe_during_capture("cudaFree"); e != cudaSuccess) return e;
   std::lock_guard<std::recursive_mutex> lock(g_alloc_mutex);
   auto it = g_allocations.find(p);
   if (it == g_allocations.end()) return bt::simt::record(cudaErrorInvalidValue);
@@ -514,20 +586,32 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   *total_b = kTotalMemory;
   return cudaSuccess;
 }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+namespace {
+cudaError_t copy_now(void* dst, const void* src, size_t bytes) {
   bt::simt::DeviceAccess open;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
-}
-cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+cudaError_t set_now(void* p, int value, size_t bytes) {
   bt::simt::DeviceAccess open;
   if (bytes) std::memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+}  // namespace
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (const cudaError_t e = bt::simt::unsafe_during_capture("cudaMemcpy"); e != cudaSuccess) return e;
+  return copy_now(dst, src, bytes);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
+  return cudaError_t(bt::simt::enqueue(s, [=] { return int(copy_now(dst, src, bytes)); }));
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  if (const cudaError_t e = bt::simt::unsafe_during_capture("cudaMemset"); e != cudaSuccess) return e;
+  return set_now(p, value, bytes);
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  return cudaError_t(bt::simt::enqueue(s, [=] { return int(set_now(p, value, bytes)); }));
+}
 
 // Streams and events: distinct non-null handles; all work is complete when a call returns.
 namespace {
@@ -544,8 +628,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   delete reinterpret_cast<Handle*>(s);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return bt::simt::unsafe_during_capture("cudaStreamSynchronize"); }
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+  return bt::simt::capturing(s) ? bt::simt::unsafe_during_capture("cudaStreamQuery") : cudaSuccess;
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
   *e = reinterpret_cast<cudaEvent_t>(new Handle);
@@ -553,7 +639,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return bt::simt::unsafe_during_capture("cudaEventSynchronize"); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete reinterpret_cast<Handle*>(e);
   return cudaSuccess;
@@ -580,6 +666,10 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
   }
   return "cudaErrorUnknown";
 }
@@ -601,5 +691,58 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* fn) {
   *attr = cudaFuncAttributes{};
   attr->maxDynamicSharedSizeBytes = it == bt::simt::g_smem_limit.end() ? bt::simt::kDefaultSmem : it->second;
   attr->maxThreadsPerBlock = bt::simt::kMaxThreads;
+  return cudaSuccess;
+}
+
+// ---- graphs ---------------------------------------------------------------------------------------
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+  std::lock_guard<std::recursive_mutex> lock(bt::simt::g_capture_mutex);
+  if (bt::simt::g_captures.count(s)) return bt::simt::record(cudaErrorStreamCaptureImplicit);
+  bt::simt::Capture& c = bt::simt::g_captures[s];
+  c.graph = new bt::simt::GraphNodes;
+  c.relaxed = mode == cudaStreamCaptureModeRelaxed;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  std::lock_guard<std::recursive_mutex> lock(bt::simt::g_capture_mutex);
+  *graph = nullptr;
+  auto it = bt::simt::g_captures.find(s);
+  if (it == bt::simt::g_captures.end()) return bt::simt::record(cudaErrorStreamCaptureUnmatched);
+  bt::simt::Capture c = it->second;
+  bt::simt::g_captures.erase(it);
+  if (c.invalid) {
+    delete c.graph;
+    return bt::simt::record(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = reinterpret_cast<cudaGraph_t>(c.graph);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  std::lock_guard<std::recursive_mutex> lock(bt::simt::g_capture_mutex);
+  auto it = bt::simt::g_captures.find(s);
+  *status = it == bt::simt::g_captures.end() ? cudaStreamCaptureStatusNone
+            : it->second.invalid              ? cudaStreamCaptureStatusInvalidated
+                                              : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (!graph) return bt::simt::record(cudaErrorInvalidValue);
+  *exec = reinterpret_cast<cudaGraphExec_t>(new bt::simt::GraphNodes(*reinterpret_cast<bt::simt::GraphNodes*>(graph)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  if (!exec) return bt::simt::record(cudaErrorInvalidValue);
+  if (bt::simt::capturing(s)) return bt::simt::record(cudaErrorStreamCaptureUnsupported);  // not emulated
+  for (const auto& w : reinterpret_cast<bt::simt::GraphNodes*>(exec)->work)
+    if (const int e = w(); e != cudaSuccess) return bt::simt::record(cudaError_t(e));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete reinterpret_cast<bt::simt::GraphNodes*>(graph);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete reinterpret_cast<bt::simt::GraphNodes*>(exec);
   return cudaSuccess;
 }

@@ -1,9 +1,11 @@
 // SIMT emulator (model/cuda/simt): the part of CUDA's runtime API and device builtins that the
 // backend uses, so that model/cuda compiles as C++ with the host compiler and its kernels run on
 // the CPU (docs/cuda.md, "Running the kernels without a GPU"). Device memory is host memory;
-// streams and events are ordering no-ops (every launch runs to completion before it returns);
-// a kernel launch runs each thread block as fibers with real __syncthreads and warp shuffle
-// semantics (simt.h). Only what the backend needs is here; anything else fails to compile.
+// streams and events are ordering no-ops (every launch runs to completion before it returns,
+// unless its stream is being captured into a graph: then it is recorded, and runs at each
+// cudaGraphLaunch); a kernel launch runs each thread block as fibers with real __syncthreads and
+// warp shuffle semantics (simt.h). Only what the backend needs is here; anything else fails to
+// compile.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -48,6 +50,10 @@ enum cudaError_t {
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureUnmatched = 903,
+  cudaErrorStreamCaptureImplicit = 906,
 };
 using cudaError = cudaError_t;
 
@@ -55,6 +61,20 @@ struct CUstream_st;
 struct CUevent_st;
 using cudaStream_t = CUstream_st*;
 using cudaEvent_t = CUevent_st*;
+struct CUgraph_st;
+struct CUgraphExec_st;
+using cudaGraph_t = CUgraph_st*;
+using cudaGraphExec_t = CUgraphExec_st*;
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2
+};
 
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -114,6 +134,20 @@ const char* cudaGetErrorName(cudaError_t e);
 const char* cudaGetErrorString(cudaError_t e);
 cudaError_t cudaFuncSetAttribute(const void* fn, cudaFuncAttribute attr, int value);
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* fn);
+// Graphs by stream capture: between cudaStreamBeginCapture and cudaStreamEndCapture, launches,
+// cudaMemcpyAsync and cudaMemsetAsync on the stream (and cuBLASLt matmuls) are recorded instead
+// of run; cudaGraphLaunch runs the recorded work in order. As on the GPU (modes other than
+// relaxed), a synchronizing call during a capture (cudaMalloc, cudaFree, cudaMemcpy, cudaMemset,
+// a stream, event or device synchronize, cudaStreamQuery) fails with
+// cudaErrorStreamCaptureUnsupported and invalidates the capture, whose end then fails with
+// cudaErrorStreamCaptureInvalidated.
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 
 // ---- device builtins ------------------------------------------------------------------------
 #include "simt.h"
@@ -141,6 +175,24 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 template <class T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return ::bt::simt::shuffle(mask, v, ::bt::simt::ShuffleKind::up, int(delta), width);
+}
+
+// Atomics: threads of a block run one at a time and switch only at barriers and warp
+// collectives, so a read-modify-write is atomic as it stands.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p = old + v;
+  return old;
 }
 
 // CUDA's overloaded min/max of device code (same-type arguments; mixed types do not compile).

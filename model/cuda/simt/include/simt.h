@@ -19,8 +19,10 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 struct uint3;
@@ -59,6 +61,16 @@ void* dynamic_shared();
 // here, the undefined behaviour listed above), which is also kept for cudaGetLastError.
 int run_grid(const void* fn, dim3 grid, dim3 block, size_t smem, const std::function<void()>& thread);
 
+// Work for a stream: runs now, or, while the stream is being captured into a graph
+// (cudaStreamBeginCapture), is recorded to run at each launch of the graph. Returns what `work`
+// returns (a cudaError_t) when it ran now, cudaSuccess when it was recorded.
+int enqueue(const void* stream, std::function<int()> work);
+bool capturing(const void* stream);
+// A launch on a capturing stream: the configuration is checked now (as at a launch), the grid
+// is recorded. Returns cudaSuccess or the configuration error.
+int capture_grid(const void* stream, const void* fn, dim3 grid, dim3 block, size_t smem,
+                 std::function<void()> thread);
+
 // Device memory (cudaMalloc) is inaccessible to host code except while one of these lives:
 // launches and the runtime's copies open it, so a host dereference of a device pointer faults.
 struct DeviceAccess {
@@ -72,21 +84,32 @@ struct DeviceAccess {
 void set_reverse_order(bool reverse);
 
 // kernel<<<grid, block, smem, stream>>>(args...) on the emulator: make_launch(...)(args...).
+// On a capturing stream the arguments are copied into the recorded launch (by value, as the GPU
+// copies kernel parameters at launch).
 template <class... P>
 struct Launch {
   dim3 grid, block;
   size_t smem;
+  const void* stream;
   void (*kernel)(P...);
   template <class... A>
   void operator()(A&&... args) const {
-    std::tuple<P...> params(std::forward<A>(args)...);
     auto k = kernel;
+    if (capturing(stream)) {
+      auto params = std::make_shared<std::tuple<P...>>(std::forward<A>(args)...);
+      capture_grid(stream, reinterpret_cast<const void*>(k), grid, block, smem,
+                   [params, k] { std::apply(k, *params); });
+      return;
+    }
+    std::tuple<P...> params(std::forward<A>(args)...);
     run_grid(reinterpret_cast<const void*>(k), grid, block, smem, [&params, k] { std::apply(k, params); });
   }
 };
-template <class... P>
-Launch<P...> make_launch(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...)) {
-  return Launch<P...>{grid, block, smem, kernel};
+template <class S, class... P>
+Launch<P...> make_launch(dim3 grid, dim3 block, size_t smem, S stream, void (*kernel)(P...)) {
+  const void* s = nullptr;  // a literal 0 is the default stream
+  if constexpr (!std::is_integral_v<S>) s = static_cast<const void*>(stream);
+  return Launch<P...>{grid, block, smem, s, kernel};
 }
 
 }  // namespace bt::simt
