@@ -188,9 +188,9 @@ std::pair<std::unique_ptr<Bench>, int> auto_batch(const Config& cfg, const Setti
   const size_t align = cuda ? 256 : 64;
   const DType act = b->be->act_dtype(), stats = b->be->grad_dtype();
   size_t budget = plan_budget(*b, o.memory_gib);
-  // Headroom for what the plan does not hold: rotary tables, graphs, the library's own memory.
-  const size_t headroom = size_t(64) << 20;
-  budget = budget > headroom ? size_t(double(budget - headroom) * 0.99) : 0;
+  // Headroom for what the plan does not hold (rotary tables, graphs, the libraries' own memory):
+  // 1/20 of the budget, at most 256 MiB.
+  budget -= std::min(size_t(256) << 20, budget / 20);
   int64_t B = largest_batch(cfg.model, act, stats, budget, s.prompt, s.gen, o.max_batch, 0, align);
   const DecodePlan plan = plan_decode(cfg.model, act, stats, std::max<int64_t>(B, 1), s.prompt, s.gen, 0, align);
   fmt::print("batch auto [{} {}]: {} available for decoding -> planned batch {} (KV caches {}, buffers {}, "

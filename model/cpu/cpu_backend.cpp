@@ -253,7 +253,7 @@ class CpuBackend final : public Backend {
     const int32_t* seq = i32(st.seq);
     const int32_t step = *i32(st.step);
     const int64_t W = hist ? st.hist.dim(1) : 1;
-#pragma omp parallel if (B > 1)
+#pragma omp parallel if (B >= 4 && size_t(B) * V >= (size_t(1) << 15))
     {
       std::vector<float> row(V);
 #pragma omp for schedule(dynamic)

@@ -254,6 +254,19 @@ TEST_P(CudaDecode, AStepMustStayOnTheDevice) {
   EXPECT_EQ(h, (std::vector<int32_t>{16, 3, 4, 13}));
 }
 
+// The memory plan of `bt bench infer --batch auto` is what the generator takes from the arena.
+TEST_P(CudaDecode, MemoryPlanIsWhatTheArenaHandsOut) {
+  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+    auto gpu = make_gpu(GetParam());
+    Model model(m, *gpu, 0);
+    Generator gen(model);
+    const size_t before = cuda_memory_stats(*gpu).arena_used;
+    gen.reserve(5, 11, 9, 8);
+    const DecodePlan plan = plan_decode(m, gpu->act_dtype(), gpu->grad_dtype(), 5, 11, 9, 8, 256);
+    EXPECT_EQ(cuda_memory_stats(*gpu).arena_used - before, plan.total()) << m.kind;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaDecode, testing::Values(fp32_mode(), bf16_mode()), mode_name);
 
 }  // namespace

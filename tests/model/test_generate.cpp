@@ -1,7 +1,10 @@
 // KV-cached generation (infer/generator) equals naive generation (the training forward over the
 // whole sequence for every new token), token for token: block models (several L_B and R) and the
 // vanilla model, batches of prompts whose lengths are not multiples of L_B, greedy and sampled,
-// stopping at EOS. Computed in double so that rounding can never flip a choice.
+// stopping at EOS. Computed in double so that rounding can never flip a choice. Also: a prompt's
+// samples do not depend on the batch, a decode step reads back only the new ids (the byte and
+// sync counters of the CPU backend), the memory plan is what the generator allocates, the
+// chunked prefill and the profiled run give the same tokens, and `bt bench infer --batch auto`.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -222,4 +225,136 @@ TEST(Generate, CommandLineCachedEqualsNaive) {
   EXPECT_NE(cached.find("ids: "), std::string::npos) << cached;
   EXPECT_EQ(cached, naive);
   fs::remove_all(tmp);
+}
+
+// Sampled tokens of a prompt depend on its stream, not on its row or the rest of the batch.
+TEST(Generate, SamplesDoNotDependOnTheBatch) {
+  GenerateOptions o = greedy(9);
+  o.sampling.greedy = false;
+  o.sampling.temperature = 1.1;
+  o.sampling.top_p = 0.97;
+  o.sampling.seed = 5;
+  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+    auto be = make_cpu_backend(DType::f64);
+    Model model(m, *be, 0);
+    init_model(model, 4);
+    Generator gen(model);
+    const auto prompts = make_prompts({2, 7, 5, 3}, m.vocab_size, 8);
+    o.streams = {10, 11, 12, 13};
+    const GenerateResult all = gen.generate(prompts, o);
+    // Reversed rows (streams with them) and each prompt alone.
+    GenerateOptions r = o;
+    r.streams = {13, 12, 11, 10};
+    const GenerateResult rev = gen.generate({prompts[3], prompts[2], prompts[1], prompts[0]}, r);
+    for (int b = 0; b < 4; ++b) {
+      EXPECT_EQ(rev.tokens[3 - b], all.tokens[b]) << m.kind << " prompt " << b << " in another row";
+      GenerateOptions one = o;
+      one.streams = {10 + b};
+      EXPECT_EQ(gen.generate({prompts[b]}, one).tokens[0], all.tokens[b]) << m.kind << " prompt " << b << " alone";
+    }
+    // Another stream gives other samples.
+    GenerateOptions other = o;
+    other.streams = {20, 21, 22, 23};
+    EXPECT_NE(gen.generate(prompts, other).tokens, all.tokens) << m.kind;
+  }
+}
+
+// The decode loop reads back the new ids only: at most 8 bytes per sequence and token (block:
+// 4 L_B bytes per block), no logits, nothing uploaded; the same protocol the CUDA backend runs.
+TEST(Generate, DecodeStepsMoveOnlyTheNewIds) {
+  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(1, 2, 24), vanilla_cfg()}) {
+    auto be = make_cpu_backend(DType::f32);
+    Model model(m, *be, 0);
+    init_model(model, 2);
+    Generator gen(model);
+    for (int B : {1, 6}) {
+      const auto prompts = make_prompts(std::vector<int>(B, 5), m.vocab_size, 1);
+      const GenerateResult r = gen.generate(prompts, greedy(13));
+      const TransferStats& t = r.decode_transfers;
+      EXPECT_LE(t.d2h_bytes, size_t(8) * B * r.steps) << m.kind << " L_B " << m.block_length << " B " << B;
+      EXPECT_EQ(t.d2h_bytes, size_t(4) * B * (m.is_block() ? m.block_length * ((r.steps + m.block_length - 1) / m.block_length) : r.steps));
+      EXPECT_LT(t.d2h_bytes / std::max<uint64_t>(1, t.d2h_copies), size_t(4) * B * m.vocab_size) << "logits came back";
+      EXPECT_EQ(t.h2d_bytes, 0u);
+      EXPECT_EQ(t.syncs, t.d2h_copies + 1);
+      EXPECT_GT(r.prefill_transfers.h2d_bytes, 0u);  // prompts, starts, streams, counters
+    }
+  }
+}
+
+// plan_decode is exactly what a fresh generator allocates (the CPU backend rounds to 64 bytes),
+// and largest_batch is the boundary of the plan.
+TEST(Generate, MemoryPlanIsWhatTheGeneratorAllocates) {
+  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(8, 3, 64), vanilla_cfg()}) {
+    for (int B : {1, 7}) {
+      for (auto [prompt, gen_len] : {std::pair{9, 5}, std::pair{3, 20}}) {
+        auto be = make_cpu_backend(DType::f32);
+        Model model(m, *be, 0);
+        Generator gen(model);
+        const size_t before = be->bytes_allocated();
+        gen.reserve(B, prompt, gen_len, 16);
+        const DecodePlan plan = plan_decode(m, DType::f32, DType::f32, B, prompt, gen_len, 16, 64);
+        EXPECT_EQ(be->bytes_allocated() - before, plan.total()) << m.kind << " B " << B << " " << prompt << ":" << gen_len;
+        EXPECT_EQ(plan.kv_cache, ((size_t(B) * kv_bytes_per_sequence(m, 4, prompt, gen_len)) + 0)) << m.kind;
+        // A generate call of that shape allocates nothing more.
+        const size_t reserved = be->bytes_allocated();
+        GenerateOptions o = greedy(gen_len);
+        o.prefill_rows = 16;
+        gen.generate(make_prompts(std::vector<int>(B, prompt), m.vocab_size, 3), o);
+        EXPECT_EQ(be->bytes_allocated(), reserved) << m.kind;
+      }
+    }
+    const size_t budget = size_t(3) << 20;
+    const int64_t best = largest_batch(m, DType::bf16, DType::f32, budget, 30, 10, 100000);
+    ASSERT_GT(best, 1);
+    EXPECT_LE(plan_decode(m, DType::bf16, DType::f32, best, 30, 10).total(), budget);
+    EXPECT_GT(plan_decode(m, DType::bf16, DType::f32, best + 1, 30, 10).total(), budget);
+    EXPECT_EQ(largest_batch(m, DType::bf16, DType::f32, 1000, 30, 10, 100), 0) << "nothing fits 1000 bytes";
+  }
+}
+
+// Prefill in chunks of a few positions per call, and the profiled run: the same tokens.
+TEST(Generate, ChunkedPrefillAndProfilingGiveTheSameTokens) {
+  for (const ModelConfig& m : {block_cfg(2, 1), vanilla_cfg()}) {
+    auto be = make_cpu_backend(DType::f64);
+    Model model(m, *be, 0);
+    init_model(model, 6);
+    Generator gen(model);
+    const auto prompts = make_prompts({1, 11, 6}, m.vocab_size, 2);
+    const GenerateResult ref = gen.generate(prompts, greedy(7));
+    for (int64_t rows : {1, 3, 7}) {
+      GenerateOptions o = greedy(7);
+      o.prefill_rows = rows;
+      EXPECT_EQ(gen.generate(prompts, o).tokens, ref.tokens) << m.kind << " prefill rows " << rows;
+    }
+    GenerateOptions o = greedy(7);
+    o.profile = true;
+    const GenerateResult p = gen.generate(prompts, o);
+    EXPECT_EQ(p.tokens, ref.tokens) << m.kind << " profiled";
+    EXPECT_GT(p.phases.token_decoder, 0) << m.kind;
+    EXPECT_GT(p.phases.head, 0) << m.kind;
+    EXPECT_GT(p.phases.sampling, 0) << m.kind;
+    EXPECT_EQ(p.phases.block_decoder > 0, m.is_block()) << m.kind;
+  }
+}
+
+// `bt bench infer --batch auto` on the CPU: plans a batch for the given memory and runs it.
+TEST(Generate, BenchInferBatchAuto) {
+  namespace fs = std::filesystem;
+  const char* b = std::getenv("BT_BINARY");
+  const char* src = std::getenv("BT_SOURCE_DIR");
+  if (!b || !src) GTEST_SKIP() << "BT_BINARY / BT_SOURCE_DIR not set";
+  const fs::path out = fs::temp_directory_path() / ("bt_bench_auto_" + std::to_string(::getpid()) + ".txt");
+  const std::string cmd = std::string(b) + " bench infer --config " + src +
+                          "/configs/tiny/block_b4.yaml --vs " + src +
+                          "/configs/tiny/vanilla.yaml --device cpu --batch 2,auto --memory 0.017 --settings decode"
+                          " --decode-heavy 8:8 --max-batch 64 model.vocab_size=256 > " + out.string() + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream f(out);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  fs::remove(out);
+  ASSERT_EQ(rc, 0) << cmd << "\n" << text;
+  EXPECT_NE(text.find("batch auto [tiny_block_b4 decode-heavy]: batch"), std::string::npos) << text;
+  EXPECT_NE(text.find("allocated"), std::string::npos) << text;
+  EXPECT_NE(text.find("per decode step: block decoder"), std::string::npos) << text;
+  EXPECT_NE(text.find("throughput ratio"), std::string::npos) << text;
 }

@@ -1,11 +1,14 @@
 // The SIMT emulator itself (model/cuda/simt): thread and block indices, warp shuffles, block
 // reductions, and that what a GPU would get wrong or leave undefined shows here too: a
 // missing __syncthreads gives wrong results, divergent barriers and collectives are reported
-// as launch failures, and bad launch configurations fail as on the device.
+// as launch failures, and bad launch configurations fail as on the device. Stream capture:
+// launches and async copies on a capturing stream are recorded (arguments by value) and run at
+// each graph launch; synchronizing calls during a capture fail and invalidate it.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "model/cuda/common.cuh"
@@ -222,6 +225,108 @@ TEST(Simt, Bf16ConversionsRoundToNearestEven) {
       EXPECT_EQ(__float2bfloat16_rn(f).__x, b.__x);
     }
   }
+}
+
+__global__ void axpy_kernel(float* y, const float* x, float a, int n) {
+  for (int i = threadIdx.x + blockIdx.x * blockDim.x; i < n; i += blockDim.x * gridDim.x) y[i] += a * x[i];
+}
+
+TEST(Simt, StreamCaptureRecordsAndGraphLaunchReplays) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  const int n = 100;
+  float *x = nullptr, *y = nullptr;
+  ASSERT_EQ(cudaMalloc(&x, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&y, n * sizeof(float)), cudaSuccess);
+  std::vector<float> hx(n), hy(n, 0.f), back(n);
+  for (int i = 0; i < n; ++i) hx[i] = float(i);
+  ASSERT_EQ(cudaMemcpy(x, hx.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemset(y, 0, n * sizeof(float)), cudaSuccess);
+
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  cudaStreamCaptureStatus status;
+  ASSERT_EQ(cudaStreamIsCapturing(s, &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusActive);
+  float a = 2.f;
+  BT_LAUNCH(2, 32, 0, s, axpy_kernel)(y, x, a, n);  // y += 2 x
+  a = 100.f;                                         // the launch keeps the value it was given
+  BT_LAUNCH(1, 32, 0, s, add_one_kernel)(y, n);      // y += 1
+  ASSERT_EQ(cudaMemcpyAsync(back.data(), y, n * sizeof(float), cudaMemcpyDeviceToHost, s), cudaSuccess);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  ASSERT_NE(graph, nullptr);
+  // Nothing ran while capturing.
+  ASSERT_EQ(cudaMemcpy(hy.data(), y, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int i = 0; i < n; ++i) ASSERT_EQ(hy[i], 0.f) << i;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphDestroy(graph), cudaSuccess);  // the executable graph is independent of it
+  for (int launch = 1; launch <= 3; ++launch) {
+    ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    for (int i = 0; i < n; ++i) ASSERT_EQ(back[i], launch * (2.f * i + 1.f)) << "launch " << launch << ", " << i;
+  }
+  EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  // Plain launches run at once again.
+  BT_LAUNCH(1, 32, 0, s, add_one_kernel)(y, n);
+  ASSERT_EQ(cudaMemcpy(hy.data(), y, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(hy[5], 3 * 11.f + 1.f);
+  cudaFree(x);
+  cudaFree(y);
+  cudaStreamDestroy(s);
+}
+
+TEST(Simt, SynchronizingDuringACaptureInvalidatesIt) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  float* y = nullptr;
+  ASSERT_EQ(cudaMalloc(&y, 32 * sizeof(float)), cudaSuccess);
+  struct Case {
+    const char* what;
+    std::function<cudaError_t()> call;
+  };
+  std::vector<float> h(32);
+  const std::vector<Case> cases = {
+      {"cudaStreamSynchronize", [&] { return cudaStreamSynchronize(s); }},
+      {"cudaMalloc", [&] {
+         void* p = nullptr;
+         return cudaMalloc(&p, 64);
+       }},
+      {"cudaMemcpy", [&] { return cudaMemcpy(h.data(), y, 32 * sizeof(float), cudaMemcpyDeviceToHost); }},
+      {"cudaDeviceSynchronize", [&] { return cudaDeviceSynchronize(); }},
+  };
+  for (const Case& c : cases) {
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    BT_LAUNCH(1, 32, 0, s, add_one_kernel)(y, 32);
+    EXPECT_EQ(c.call(), cudaErrorStreamCaptureUnsupported) << c.what;
+    cudaStreamCaptureStatus status;
+    cudaStreamIsCapturing(s, &status);
+    EXPECT_EQ(status, cudaStreamCaptureStatusInvalidated) << c.what;
+    cudaGraph_t graph = reinterpret_cast<cudaGraph_t>(1);
+    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureInvalidated) << c.what;
+    EXPECT_EQ(graph, nullptr);
+    (void)cudaGetLastError();
+  }
+  EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess) << "after the capture ended";
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureUnmatched) << "no capture to end";
+  (void)cudaGetLastError();
+  cudaFree(y);
+  cudaStreamDestroy(s);
+}
+
+TEST(Simt, ABadLaunchInACaptureFailsAtLaunch) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  std::vector<float> out(1024);
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  BT_LAUNCH(1, 1025, 0, s, big_shared_kernel)(out.data());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration) << "checked when captured, as a launch is";
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
 }
 
 }  // namespace
