@@ -241,10 +241,6 @@ void bench_infer(const BenchInferOptions& o) {
   }
   BT_CHECK(o.max_batch >= 1, "--max-batch must be >= 1");
   BT_CHECK(o.memory_gib >= 0, "--memory must be >= 0 GiB");
-  const bool need_fixed = std::any_of(specs.begin(), specs.end(), [](const std::string& s) { return s != "auto"; });
-  std::vector<std::unique_ptr<Bench>> models;
-  if (need_fixed)
-    for (const Config& c : cfgs) models.push_back(make_bench(c, o.device));
   const int L = cfgs[0].model.context_length;
   std::vector<Setting> settings;
   if (o.settings == "both" || o.settings == "prefill")
@@ -254,8 +250,8 @@ void bench_infer(const BenchInferOptions& o) {
   BT_CHECK(!settings.empty(), "--settings must be both, prefill or decode");
 
   {
-    auto probe = need_fixed ? nullptr : make_bench(cfgs[0], o.device);
-    Backend& be = need_fixed ? *models[0]->be : *probe->be;
+    auto probe = make_bench(cfgs[0], o.device);
+    Backend& be = *probe->be;
     const CudaGraphStats gs = cuda_graph_stats(be);
     fmt::print("bench infer: backend {} [{}]{}, random weights, random prompts, greedy, no EOS\n", be.name(),
                dtype_name(be.act_dtype()),
@@ -272,6 +268,8 @@ void bench_infer(const BenchInferOptions& o) {
   }
   fmt::print("{:<14} {:<20} {:>6} {:>6} {:>5} {:>10} {:>10} {:>11} {:>13} {:>9} {:>10}\n", "setting", "model", "batch",
              "prompt", "gen", "prefill s", "decode s", "tokens/s", "KV cache/seq", "D2H B/tok", "syncs/step");
+  // Every point on a fresh backend: nothing another point allocated takes memory from it (the
+  // CUDA arena never frees), and batch auto sees the whole free memory.
   std::vector<Row> rows;
   for (const Setting& s : settings) {
     for (const std::string& spec : specs) {
@@ -282,7 +280,7 @@ void bench_infer(const BenchInferOptions& o) {
           r = measure(*b, s, B, o);
           r.batch_spec = fmt::format("{}*", B);
         } else {
-          r = measure(*models[i], s, std::stoi(spec), o);
+          r = measure(*make_bench(cfgs[i], o.device), s, std::stoi(spec), o);
           r.batch_spec = spec;
         }
         print_row(r);

@@ -3,7 +3,7 @@
 # builds bt and the GPU tests for sm_90 (static CUDA runtime, no MPI/NCCL), and packs them with
 # the shared libraries a bare CUDA image may lack (HDF5, yaml-cpp, OpenBLAS, SentencePiece, ...)
 # and the configs into .gpu-bundle/bundle.tar.xz (git-ignored), with a run.sh that runs the GPU
-# tests and the bf16 training benchmarks and writes a report.
+# tests, the bf16 training benchmarks and the decoding benchmark (batch auto) and writes a report.
 #
 #   launch/gpu-bundle.sh                      # here (Debian 12, CUDA toolkit installed)
 #   bash .gpu-bundle/run.sh OUT_DIR           # on the GPU machine (needs a CUDA 13 driver, >= 580,
@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 build=build/gpu-bundle
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DBT_MPI=OFF -DBT_NCCL=OFF -DBT_CUDA_STATIC_RUNTIME=ON >/dev/null
-targets=(bt bt_gpu_test_cuda_ops bt_gpu_test_cuda_model bt_gpu_test_cuda_train bt_gpu_test_cuda_cli)
+targets=(bt bt_gpu_test_cuda_ops bt_gpu_test_cuda_model bt_gpu_test_cuda_train bt_gpu_test_cuda_cli
+  bt_gpu_test_cuda_decode)
 cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}"
 
 out=.gpu-bundle
