@@ -103,6 +103,10 @@ void compare_sampling(const Mode& mode, int B, int V) {
   for (int v = 0; v < V; v += 7) lg[1 * V + v] = 1.5f;  // row 1: many ties, some at the top
   for (int v = 0; v < V; ++v) lg[2 * V + v] = representable(float(v % 5), mode.bf16());  // row 2: ties everywhere
   if (B > 3) lg[3 * V + 17] = 40.f;  // row 3: one token far ahead (the rest underflow to weight 0)
+  if (B > 4) {  // row 4: ties everywhere, one larger logit last: a top-k cut through the ties
+    for (int v = 0; v < V; ++v) lg[4 * V + v] = representable(float(v % 5), mode.bf16());
+    lg[4 * V + V - 1] = 4.5f;
+  }
   std::vector<int32_t> seq(B), done(B, 0);
   for (int b = 0; b < B; ++b) seq[b] = 1000 + 7 * b;
   if (B > 9) done[5] = done[9] = 1;
