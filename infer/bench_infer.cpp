@@ -125,9 +125,12 @@ Row measure(Bench& b, const Setting& s, int B, const BenchInferOptions& o) {
   go.sampling.greedy = true;
   go.eos_id = -1;
   go.pad_id = 0;
-  {  // allocations, caches, thread pools, and the first (plain) call of every decode step
+  {  // allocations, caches, thread pools, and the first (plain) call of every decode step; with
+     // CUDA graphs the warm-up has the timed runs' length, so that they replay its graphs (a
+     // graph is keyed by the cache length too)
+    b.gen->reserve(B, s.prompt, s.gen);
     GenerateOptions w = go;
-    w.max_new_tokens = std::min(s.gen, 3 * b.cfg.model.block_length);
+    if (!cuda_graph_stats(*b.be).enabled) w.max_new_tokens = std::min(s.gen, 3 * b.cfg.model.block_length);
     b.gen->generate(prompts, w);
   }
   Row best;
