@@ -54,8 +54,8 @@ void add_bench_command(CLI::App& app) {
   infer->add_option("--memory", inf->memory_gib, "batch auto: GiB to fit in (default: the device's free memory)");
   infer->add_option("--max-batch", inf->max_batch, "batch auto: the largest batch considered");
   infer->add_flag("!--no-split", inf->split, "skip the profiled run that splits the time per decode step");
-  infer->add_option("--prefill-heavy", inf->prefill_heavy, "PROMPT:GEN tokens (default L*15/16 : L/16)");
-  infer->add_option("--decode-heavy", inf->decode_heavy, "PROMPT:GEN tokens (default L/16 : L*15/16)");
+  infer->add_option("--prefill-heavy", inf->prefill_heavy, "PROMPT:GEN tokens (default L : L/16, the paper's 2048:128 at L = 2048)");
+  infer->add_option("--decode-heavy", inf->decode_heavy, "PROMPT:GEN tokens (default L/16 : L, the paper's 128:2048 at L = 2048)");
   infer->add_option("--settings", inf->settings, "both | prefill | decode");
   infer->add_option("--device", inf->device, "auto | cpu | cuda");
   infer->add_option("--repeats", inf->repeats, "timed repeats per point (the best is reported)");

@@ -247,9 +247,9 @@ void bench_infer(const BenchInferOptions& o) {
   const int L = cfgs[0].model.context_length;
   std::vector<Setting> settings;
   if (o.settings == "both" || o.settings == "prefill")
-    settings.push_back(parse_setting("prefill-heavy", o.prefill_heavy, std::max(1, L - L / 16), std::max(1, L / 16)));
+    settings.push_back(parse_setting("prefill-heavy", o.prefill_heavy, L, std::max(1, L / 16)));
   if (o.settings == "both" || o.settings == "decode")
-    settings.push_back(parse_setting("decode-heavy", o.decode_heavy, std::max(1, L / 16), std::max(1, L - L / 16)));
+    settings.push_back(parse_setting("decode-heavy", o.decode_heavy, std::max(1, L / 16), L));
   BT_CHECK(!settings.empty(), "--settings must be both, prefill or decode");
 
   {

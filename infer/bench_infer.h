@@ -18,8 +18,8 @@ struct BenchInferOptions {
   std::string vs;                       // optional second model (e.g. the vanilla baseline)
   std::vector<std::string> overrides;   // applied to both configs
   std::vector<std::string> batches = {"1", "4", "16", "64"};  // sizes, or "auto"
-  std::string prefill_heavy;  // "PROMPT:GEN"; default L*15/16 : L/16 (the paper: 2048 : 128)
-  std::string decode_heavy;   // "PROMPT:GEN"; default L/16 : L*15/16 (the paper: 128 : 2048)
+  std::string prefill_heavy;  // "PROMPT:GEN"; default L : L/16 (the paper at L = 2048: 2048 : 128)
+  std::string decode_heavy;   // "PROMPT:GEN"; default L/16 : L (the paper at L = 2048: 128 : 2048)
   std::string settings = "both";  // both | prefill | decode
   std::string device = "auto";
   int repeats = 1;            // timed repeats (the best is reported) after one warm-up
