@@ -11,13 +11,18 @@
 namespace bt {
 
 int32_t sample_row(const float* x, int V, const SampleParams& p, uint32_t seq, uint32_t step) {
-  std::vector<uint32_t> key(V);
   int32_t best = 0;
-  for (int i = 0; i < V; ++i) {
-    key[i] = sample_key(x[i]);
-    if (key[i] > key[best]) best = i;
+  uint32_t best_key = sample_key(x[0]);
+  for (int i = 1; i < V; ++i) {
+    const uint32_t k = sample_key(x[i]);
+    if (k > best_key) {
+      best_key = k;
+      best = i;
+    }
   }
   if (p.is_greedy()) return best;
+  std::vector<uint32_t> key(V);
+  for (int i = 0; i < V; ++i) key[i] = sample_key(x[i]);
   const int shift = sample_mass_shift(V);
   const float m = sample_key_value(key[best]);
   auto weight_of_key = [&](uint32_t k) { return sample_weight(sample_key_value(k), m, p.temperature, shift); };

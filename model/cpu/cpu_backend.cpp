@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "model/cpu/ops.h"
@@ -255,15 +256,21 @@ class CpuBackend final : public Backend {
     const int64_t W = hist ? st.hist.dim(1) : 1;
 #pragma omp parallel if (B >= 4 && size_t(B) * V >= (size_t(1) << 15))
     {
-      std::vector<float> row(V);
+      std::vector<float> row(std::is_same_v<T, float> ? 0 : V);
 #pragma omp for schedule(dynamic)
       for (int64_t b = 0; b < B; ++b) {
         int32_t id;
         if (done && done[b]) {
           id = sp.eos_id;
         } else {
-          for (int i = 0; i < V; ++i) row[i] = static_cast<float>(x[b * V + i]);
-          id = sample_row(row.data(), V, sp, static_cast<uint32_t>(seq[b]), static_cast<uint32_t>(step));
+          const float* r = nullptr;
+          if constexpr (std::is_same_v<T, float>) {
+            r = x + b * V;
+          } else {
+            for (int i = 0; i < V; ++i) row[i] = static_cast<float>(x[b * V + i]);
+            r = row.data();
+          }
+          id = sample_row(r, V, sp, static_cast<uint32_t>(seq[b]), static_cast<uint32_t>(step));
           if (done && sp.eos_id >= 0 && id == sp.eos_id) done[b] = 1;
         }
         ids[b] = id;
