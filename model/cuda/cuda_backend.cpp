@@ -90,6 +90,7 @@ class CudaBackend final : public Backend {
 
   // ---- memory ---------------------------------------------------------------------------------
   Tensor alloc(Shape s, DType t) override {
+    not_capturing("alloc");  // cudaMalloc is not allowed during a capture, and a step's buffers are fixed
     const std::string what = std::string("a ") + dtype_name(t) + " tensor " + s.str();
     return Tensor(arena_.alloc(s.numel() * dtype_size(t), what.c_str()), s, t, Device::cuda);
   }
@@ -600,11 +601,11 @@ class CudaBackend final : public Backend {
           s[size_t(p) * half + i] = float(std::sin(a));
         }
       }
+      not_capturing("growing the rotary tables");
       t.cos = static_cast<float*>(arena_.alloc(c.size() * 4, "rotary cos table"));
       t.sin = static_cast<float*>(arena_.alloc(s.size() * 4, "rotary sin table"));
       BT_CUDA_CHECK(cudaMemcpyAsync(t.cos, c.data(), c.size() * 4, cudaMemcpyHostToDevice, stream_));
       BT_CUDA_CHECK(cudaMemcpyAsync(t.sin, s.data(), s.size() * 4, cudaMemcpyHostToDevice, stream_));
-      not_capturing("growing the rotary tables");
       BT_CUDA_CHECK(cudaStreamSynchronize(stream_));
       stats_.h2d_bytes += 8 * c.size();
       stats_.h2d_copies += 2;
