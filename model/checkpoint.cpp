@@ -7,13 +7,17 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -24,6 +28,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kComplete = "COMPLETE";
+constexpr const char* kChecksums = "checksums.json";
 
 // step_<digits> -> step; -1 for anything else (tmp, del, latest, ...).
 int64_t parse_step_name(const std::string& name) {
@@ -54,9 +59,103 @@ void remove_dir_safely(const fs::path& dir) {
 
 bool pid_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
 
-// Leftovers of interrupted saves and deletions: *.tmp-<pid>, *.del-<pid>, latest.tmp-<pid> whose
-// process is gone (or is us: a previous save of this process never leaves any).
-void clean_leftovers(const fs::path& root) {
+// Writes text to path (fsynced) and returns its checksum.
+std::string write_file_checked(const std::string& path, const std::string& text) {
+  write_file_synced(path, text);
+  return xxh3_hex(text);
+}
+
+// Earlier complete checkpoints next to `dir`, for the hint of an integrity error.
+std::string earlier_checkpoint_hint(const fs::path& dir) {
+  const int64_t step = parse_step_name(dir.filename().string());
+  std::string best;
+  for (const auto& [s, d] : list_checkpoints(dir.parent_path().string()))
+    if (s < step || step < 0) best = d;
+  return best.empty() ? "" : "; the newest earlier checkpoint is " + best;
+}
+
+// The files verified in this process (path, size, mtime): each is hashed once per process.
+std::mutex& verified_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::set<std::string>& verified_files() {
+  static std::set<std::string> s;
+  return s;
+}
+std::string verified_key(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) return "";
+  std::error_code ec;
+  return fs::weakly_canonical(p, ec).string() + "|" + std::to_string(st.st_size) + "|" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+}
+
+// checksums.json of a checkpoint directory (null when absent).
+nlohmann::json read_checksums(const fs::path& dir) {
+  const fs::path p = dir / kChecksums;
+  std::error_code ec;
+  if (!fs::exists(p, ec)) return nullptr;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text(p.string()));
+  } catch (const nlohmann::json::exception& e) {
+    BT_FAIL(p.string(), ": not valid JSON (", e.what(), "): the checkpoint is damaged", earlier_checkpoint_hint(dir));
+  }
+  BT_CHECK(j.is_object() && j.contains("files") && j["files"].is_object(), p.string(),
+           ": no 'files' object: the checkpoint is damaged", earlier_checkpoint_hint(dir));
+  BT_CHECK(j.value("algorithm", std::string()) == kChecksumAlgorithm, p.string(), ": unknown checksum algorithm '",
+           j.value("algorithm", std::string()), "' (this build writes and reads ", kChecksumAlgorithm, ")");
+  return j;
+}
+
+// Checks one file of a checkpoint against its entry {"bytes", "xxh3"} of checksums.json.
+void verify_entry(const fs::path& dir, const std::string& name, const nlohmann::json& e) {
+  const fs::path p = dir / name;
+  BT_CHECK(e.is_object() && e.contains("bytes") && e["bytes"].is_number_unsigned() && e.contains("xxh3") &&
+               e["xxh3"].is_string(),
+           (dir / kChecksums).string(), ": malformed entry for ", name, ": the checkpoint is damaged");
+  const std::string key = verified_key(p);
+  {
+    std::lock_guard<std::mutex> lock(verified_mutex());
+    if (!key.empty() && verified_files().count(key)) return;
+  }
+  std::error_code ec;
+  BT_CHECK(fs::is_regular_file(p, ec), "checkpoint ", dir.string(), ": ", name,
+           " is missing (it is listed in checksums.json): the checkpoint was damaged after it was written",
+           earlier_checkpoint_hint(dir));
+  const uint64_t want_bytes = e["bytes"].get<uint64_t>();
+  const uint64_t have_bytes = fs::file_size(p, ec);
+  BT_CHECK(have_bytes == want_bytes, "checkpoint ", dir.string(), ": ", name, " is ", have_bytes,
+           " bytes but was written with ", want_bytes, ": it was truncated or replaced after the save",
+           earlier_checkpoint_hint(dir));
+  uint64_t read = 0;
+  const std::string have = xxh3_file(p.string(), &read);
+  const std::string want = e["xxh3"].get<std::string>();
+  BT_CHECK(have == want && read == want_bytes, "checkpoint ", dir.string(), ": ", name,
+           " does not match the checksum recorded when it was written (xxh3 ", have, ", recorded ", want,
+           "): the file was corrupted after the save (disk, copy or transfer error)", earlier_checkpoint_hint(dir));
+  std::lock_guard<std::mutex> lock(verified_mutex());
+  if (!key.empty()) verified_files().insert(key);
+}
+
+// Fails naming the tensor when buf[0..n) holds a NaN or an infinity.
+void check_finite(const float* buf, size_t n, const std::string& file, const std::string& tensor) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(buf[i])) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  BT_CHECK(bad == 0, file, ": tensor '", tensor, "' holds ", bad, " non-finite values (the first, at index ", first,
+           ", is ", buf[first], "): the checkpoint is corrupt or the run had diverged when it was saved; use an "
+           "earlier checkpoint");
+}
+
+}  // namespace
+
+void clean_checkpoint_leftovers(const std::string& root_s, bool all) {
+  const fs::path root(root_s);
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string n = e.path().filename().string();
@@ -64,7 +163,7 @@ void clean_leftovers(const fs::path& root) {
       const size_t at = n.rfind(tag);
       if (at == std::string::npos) continue;
       const long pid = std::strtol(n.c_str() + at + 5, nullptr, 10);
-      if (pid != ::getpid() && pid_alive(pid)) continue;  // another live writer: not ours to touch
+      if (!all && pid != ::getpid() && pid_alive(pid)) continue;  // another live writer: not ours to touch
       std::error_code ec2;
       if (e.is_symlink(ec2) || !e.is_directory(ec2))
         fs::remove(e.path(), ec2);
@@ -73,10 +172,6 @@ void clean_leftovers(const fs::path& root) {
     }
   }
 }
-
-void copy_file_synced(const std::string& src, const std::string& dst) { write_file_synced(dst, read_text(src)); }
-
-}  // namespace
 
 std::string checkpoint_dir_name(int64_t step) {
   char buf[32];
@@ -121,7 +216,7 @@ std::string save_checkpoint(const std::string& root_s, const CheckpointContents&
   BT_CHECK(c.config && c.table && c.params, "save_checkpoint: config, table and params are required");
   const fs::path root(root_s);
   fs::create_directories(root);
-  clean_leftovers(root);
+  clean_checkpoint_leftovers(root_s, false);
   const std::string name = checkpoint_dir_name(c.step);
   const fs::path final_dir = root / name;
   const fs::path tmp = root / (name + ".tmp-" + std::to_string(::getpid()));
@@ -129,18 +224,45 @@ std::string save_checkpoint(const std::string& root_s, const CheckpointContents&
   fs::remove_all(tmp, ec);
   BT_CHECK(fs::create_directory(tmp, ec), tmp.string(), ": cannot create checkpoint directory (", ec.message(), ")");
 
-  std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "blockformer"},
-                                              {"step", std::to_string(c.step)}};
-  write_safetensors((tmp / "model.safetensors").string(), flat_tensors(*c.table, c.params, ""), meta);
-  if (!c.optimizer.empty()) write_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer, meta);
-  nlohmann::json st = c.trainer_state;
-  st["step"] = c.step;
-  write_file_synced((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
-  write_file_synced((tmp / "config.yaml").string(), to_yaml(*c.config));
-  for (const auto& f : c.copy_files) copy_file_synced(f, (tmp / fs::path(f).filename()).string());
-  fsync_dir(tmp.string());
-  write_file_synced((tmp / kComplete).string(), "step " + std::to_string(c.step) + "\n");
-  fsync_dir(tmp.string());
+  // Every file's size and checksum, recorded as written, go into checksums.json (verified on load).
+  try {
+    nlohmann::ordered_json files = nlohmann::ordered_json::object();
+    auto record = [&](const std::string& file, const std::string& sum) {
+      files[file] = {{"bytes", uint64_t(fs::file_size(tmp / file))}, {"xxh3", sum}};
+    };
+    std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "blockformer"},
+                                                {"step", std::to_string(c.step)}};
+    std::string sum;
+    write_safetensors((tmp / "model.safetensors").string(), flat_tensors(*c.table, c.params, ""), meta, &sum);
+    record("model.safetensors", sum);
+    if (!c.optimizer.empty()) {
+      write_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer, meta, &sum);
+      record("optimizer.safetensors", sum);
+    }
+    nlohmann::json st = c.trainer_state;
+    st["step"] = c.step;
+    record("trainer_state.json", write_file_checked((tmp / "trainer_state.json").string(), st.dump(2) + "\n"));
+    record("config.yaml", write_file_checked((tmp / "config.yaml").string(), to_yaml(*c.config)));
+    for (const auto& f : c.copy_files) {
+      const std::string base = fs::path(f).filename().string();
+      record(base, write_file_checked((tmp / base).string(), read_text(f)));
+    }
+    const nlohmann::ordered_json sums = {{"algorithm", kChecksumAlgorithm}, {"files", files}};
+    write_file_synced((tmp / kChecksums).string(), sums.dump(2) + "\n");
+    fsync_dir(tmp.string());
+    write_file_synced((tmp / kComplete).string(), "step " + std::to_string(c.step) + "\n");
+    fsync_dir(tmp.string());
+  } catch (const Error& e) {
+    // A failed save (disk full, quota, I/O error) leaves nothing behind and `latest` unchanged.
+    fs::remove_all(tmp, ec);
+    std::string prev;
+    try {
+      prev = find_latest_checkpoint(root_s);
+    } catch (const Error&) {
+    }
+    BT_FAIL(e.what(), "; checkpoint of step ", c.step, " not saved (its partial directory was removed), ",
+            prev.empty() ? std::string("no earlier checkpoint exists") : "latest still points at " + prev);
+  }
 
   // Move into place. An existing directory of the same step (a re-save after resume, or a
   // previous run in the same out_dir) is exchanged atomically so `latest` never dangles.
@@ -221,6 +343,22 @@ std::string resolve_checkpoint(const std::string& path) {
     if (fs::exists(p / "latest", ec) || fs::is_symlink(p / "latest", ec)) return resolve_checkpoint((p / "latest").string());
     if (fs::exists(p / "checkpoints" / "latest", ec) || fs::is_symlink(p / "checkpoints" / "latest", ec))
       return resolve_checkpoint((p / "checkpoints" / "latest").string());
+    // A checkpoints folder without `latest`, or a run directory: name the complete checkpoints.
+    for (const fs::path& root : {p, p / "checkpoints"}) {
+      const auto found = list_checkpoints(root.string());
+      if (!found.empty())
+        BT_FAIL(path, " is not a checkpoint; it holds checkpoints up to ", found.back().second,
+                " but no `latest` link: give one of them");
+    }
+    // Only a directory that holds checkpoint files was being written when its writer stopped.
+    bool partial = false;
+    for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.yaml"})
+      partial = partial || fs::exists(p / f, ec);
+    BT_CHECK(partial, "checkpoint ", path, " is not a checkpoint: ",
+             fs::is_empty(p, ec) ? "the directory is empty" : "it holds no model.safetensors, COMPLETE marker or "
+             "checkpoints/ folder",
+             " (give a checkpoint directory such as runs/NAME/checkpoints/latest, a run directory, or a "
+             ".safetensors file with --config)");
     BT_FAIL("checkpoint ", path, " is incomplete (no COMPLETE marker: it was being written when the process "
             "stopped); use the checkpoints/latest link instead");
   }
@@ -244,6 +382,7 @@ nlohmann::json load_trainer_state(const std::string& dir) {
 }
 
 std::vector<std::string> load_weights(const std::string& file, const ParamTable& table, float* flat) {
+  verify_checkpoint_file(file);
   SafetensorsReader f(file);
   for (const auto& p : table.entries()) {
     BT_CHECK(f.contains(p.name), file, ": missing tensor '", p.name, "' of shape ", shape_str(p.file_shape),
@@ -253,6 +392,7 @@ std::vector<std::string> load_weights(const std::string& file, const ParamTable&
              shape_str(t.shape), " but the config expects ", shape_str(p.file_shape),
              " (the weights do not match the config's model.* sizes)");
     f.read_f32(p.name, flat + p.offset);
+    check_finite(flat + p.offset, p.numel, file, p.name);
   }
   std::vector<std::string> extra;
   for (const auto& t : f.tensors())
@@ -271,8 +411,26 @@ bool load_flat_by_suffix(const SafetensorsReader& f, const ParamTable& table, co
     BT_CHECK(f.info(n).numel() == p.numel, f.path(), ": tensor '", n, "' has shape ", shape_str(f.info(n).shape),
              " but the model expects ", shape_str(p.file_shape));
     f.read_f32(n, flat + p.offset);
+    check_finite(flat + p.offset, p.numel, f.path(), n);
   }
   return true;
+}
+
+bool verify_checkpoint(const std::string& dir_s) {
+  const fs::path dir(dir_s);
+  const nlohmann::json sums = read_checksums(dir);
+  if (sums.is_null()) return false;
+  for (auto it = sums["files"].begin(); it != sums["files"].end(); ++it) verify_entry(dir, it.key(), it.value());
+  return true;
+}
+
+void verify_checkpoint_file(const std::string& file) {
+  const fs::path p(file);
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  const nlohmann::json sums = read_checksums(dir);
+  if (sums.is_null()) return;
+  const std::string name = p.filename().string();
+  if (sums["files"].contains(name)) verify_entry(dir, name, sums["files"][name]);
 }
 
 void check_same_model(const ModelConfig& a, const ModelConfig& b, const std::string& what) {

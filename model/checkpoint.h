@@ -6,6 +6,8 @@
 //     trainer_state.json     step, tokens seen, loader state, RNG state, lr, config hash, world size
 //     config.yaml            the resolved config
 //     tokenizer.json, ...    the tokenizer files of the data (when known), for generate / eval
+//     checksums.json         {"algorithm": "xxh3-64", "files": {NAME: {"bytes", "xxh3"}}} of every file
+//                            above, recorded as they were written; verified when they are loaded
 //     COMPLETE               written last; a directory without it is not a checkpoint
 //   ROOT/latest -> step_00010000   (a relative symlink, replaced atomically with rename(2))
 //
@@ -41,8 +43,23 @@ struct CheckpointContents {
 };
 
 // Writes ROOT/step_XXXXXXXX as described above, points ROOT/latest at it, and keeps the `keep`
-// newest checkpoints up to this step (keep <= 0 keeps all). Returns the checkpoint directory.
+// newest checkpoints up to this step (keep <= 0 keeps all). Returns the checkpoint directory. A
+// save that fails (disk full, I/O error) removes its partial directory and leaves `latest` as it
+// was; the error says so.
 std::string save_checkpoint(const std::string& root, const CheckpointContents& c, int keep);
+
+// Removes leftovers of interrupted saves and deletions under ROOT (*.tmp-<pid>, *.del-<pid>,
+// latest.tmp-<pid>): those of processes that are gone, or all of them when `all` (the caller
+// holds the out_dir lock, so no other writer can be at work there).
+void clean_checkpoint_leftovers(const std::string& root, bool all);
+
+// Verifies every file listed in DIR/checksums.json (size and XXH3-64); fails naming the file and
+// the newest earlier checkpoint. Returns false when DIR has no checksums.json (a checkpoint
+// written before checksums were recorded): nothing is verified then. Each file is hashed once
+// per process (the result is remembered by path, size and modification time).
+bool verify_checkpoint(const std::string& dir);
+// The same for one file, against the checksums.json next to it (when there is one).
+void verify_checkpoint_file(const std::string& file);
 
 // Complete checkpoints under ROOT, sorted by step: (step, directory).
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& root);
@@ -59,13 +76,14 @@ Config load_checkpoint_config(const std::string& dir);
 nlohmann::json load_trainer_state(const std::string& dir);
 
 // Fills the flat buffer [table.total()] from a safetensors file with the official names. Every
-// tensor of the table must be present with its file shape (or its storage shape); a missing or
-// mis-shaped tensor is a one-line error naming it. Tensors the model does not use (the block
+// tensor of the table must be present with its file shape (or its storage shape), and finite; a
+// missing, mis-shaped or non-finite tensor is a one-line error naming it. The file is first
+// verified against the checksums.json next to it, when there is one. Tensors the model does not use (the block
 // decoder's embed_in, HF's attention.bias / rotary_emb.inv_freq buffers, ...) are returned.
 std::vector<std::string> load_weights(const std::string& file, const ParamTable& table, float* flat);
 
 // Loads per-parameter tensors NAME + suffix (optimizer.safetensors) into a flat buffer laid out
-// by the table; every parameter must be present. Returns false when the file has none of them.
+// by the table; every parameter must be present and finite. Returns false when the file has none of them.
 bool load_flat_by_suffix(const SafetensorsReader& f, const ParamTable& table, const std::string& suffix, float* flat);
 // The SafetensorOut list for a flat buffer: NAME + suffix with the file shapes.
 std::vector<SafetensorOut> flat_tensors(const ParamTable& table, const float* flat, const std::string& suffix);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/checksum.h"
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -54,7 +55,8 @@ void pread_all(int fd, void* dst, size_t n, uint64_t offset, const std::string& 
   }
 }
 
-void write_all(int fd, const void* src, size_t n, const std::string& path) {
+void write_all(int fd, const void* src, size_t n, const std::string& path, Xxh3* sum) {
+  if (sum) sum->update(src, n);
   const char* p = static_cast<const char*>(src);
   while (n > 0) {
     const ssize_t w = ::write(fd, p, n);
@@ -87,6 +89,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   try {
     struct stat st {};
     BT_CHECK(::fstat(fd_, &st) == 0, path, ": cannot stat (", std::strerror(errno), ")");
+    BT_CHECK(!S_ISDIR(st.st_mode), path, " is a directory, not a safetensors file (for a checkpoint directory give "
+             "its model.safetensors, or use the option that takes a checkpoint)");
+    BT_CHECK(S_ISREG(st.st_mode), path, ": not a regular file");
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     BT_CHECK(size >= 8, path, ": not a safetensors file (", size, " bytes, shorter than the 8-byte header length)");
     unsigned char len_bytes[8];
@@ -136,13 +141,36 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       t.end = v["data_offsets"][1].get<uint64_t>();
       BT_CHECK(t.begin <= t.end && t.end <= data_size, path, ": tensor '", name, "' lies at bytes [", t.begin, ", ",
                t.end, ") but the data section has only ", data_size, " bytes: the file is truncated");
+      uint64_t numel = 1;  // numel * esize must not overflow: the product stays below the file size
+      for (int64_t d : t.shape) {
+        BT_CHECK(d == 0 || numel <= data_size / uint64_t(d), path, ": tensor '", name, "' has shape ",
+                 shape_str(t.shape), ", larger than the whole file");
+        numel *= uint64_t(d);
+      }
       BT_CHECK(t.end - t.begin == t.numel() * esize, path, ": tensor '", name, "' of shape ", shape_str(t.shape),
                " and dtype ", t.dtype, " needs ", t.numel() * esize, " bytes but its data_offsets span ",
                t.end - t.begin);
       tensors_.push_back(std::move(t));
     }
     std::sort(tensors_.begin(), tensors_.end(),
-              [](const SafetensorInfo& a, const SafetensorInfo& b) { return a.begin < b.begin; });
+              [](const SafetensorInfo& a, const SafetensorInfo& b) {
+                return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+              });
+    // The data section must be tiled exactly, as the safetensors format requires (and its Python
+    // and Rust readers check): no overlapping tensors (two names reading the same bytes), no
+    // holes, nothing after the last tensor.
+    uint64_t at = 0;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const SafetensorInfo& t = tensors_[i];
+      BT_CHECK(t.begin >= at, path, ": tensor '", t.name, "' at bytes [", t.begin, ", ", t.end,
+               ") overlaps tensor '", tensors_[i - 1].name, "' at [", tensors_[i - 1].begin, ", ",
+               tensors_[i - 1].end, "): invalid data_offsets (a corrupt or hand-made file)");
+      BT_CHECK(t.begin == at, path, ": ", t.begin - at, " bytes before tensor '", t.name,
+               "' belong to no tensor: invalid data_offsets (a corrupt or hand-made file)");
+      at = t.end;
+    }
+    BT_CHECK(at == data_size, path, ": the data section has ", data_size, " bytes but the tensors cover ", at,
+             ": invalid data_offsets or trailing garbage (a corrupt file)");
     for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   } catch (...) {
     ::close(fd_);
@@ -204,7 +232,7 @@ std::vector<float> SafetensorsReader::read_f32(const std::string& name) const {
 }
 
 void write_safetensors(const std::string& path, const std::vector<SafetensorOut>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, std::string* checksum) {
   nlohmann::json h = nlohmann::json::object();
   if (!metadata.empty()) {
     nlohmann::json m = nlohmann::json::object();
@@ -224,20 +252,21 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorOut>
   while ((8 + header.size()) % 8 != 0) header.push_back(' ');
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   BT_CHECK(fd >= 0, path, ": cannot create (", std::strerror(errno), ")");
+  Xxh3 sum;
   try {
     unsigned char len_bytes[8];
     uint64_t hl = header.size();
     for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>((hl >> (8 * i)) & 0xff);
-    write_all(fd, len_bytes, 8, path);
-    write_all(fd, header.data(), header.size(), path);
+    write_all(fd, len_bytes, 8, path, &sum);
+    write_all(fd, header.data(), header.size(), path, &sum);
     for (const auto& t : tensors) {
       size_t n = 1;
       for (int64_t d : t.shape) n *= static_cast<size_t>(d);
       // little-endian hosts only (x86-64, aarch64)
       if (t.data_f64)
-        write_all(fd, t.data_f64, n * 8, path);
+        write_all(fd, t.data_f64, n * 8, path, &sum);
       else
-        write_all(fd, t.data, n * 4, path);
+        write_all(fd, t.data, n * 4, path, &sum);
     }
     BT_CHECK(::fsync(fd) == 0, path, ": fsync failed (", std::strerror(errno), ")");
   } catch (...) {
@@ -245,6 +274,7 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorOut>
     throw;
   }
   BT_CHECK(::close(fd) == 0, path, ": close failed (", std::strerror(errno), ")");
+  if (checksum) *checksum = sum.hex();
 }
 
 }  // namespace bt

@@ -3,8 +3,9 @@
 // {str: str}}, then the raw little-endian tensor bytes. PyTorch's safetensors.torch.load_file
 // reads what write_safetensors writes (F32, or F64), and SafetensorsReader reads F32, F64, F16 and
 // BF16 tensors (converted to float on read), so official checkpoints saved in bf16 load too.
-// Every offset and size is checked against the file size before any read: a truncated or
-// corrupt file is a one-line error naming the file and the tensor.
+// Every offset and size is checked against the file size before any read, and the tensors must
+// tile the data section exactly (no overlaps, holes or trailing bytes, as the format requires): a
+// truncated or corrupt file is a one-line error naming the file and the tensor.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -61,7 +62,8 @@ struct SafetensorOut {
 
 // Writes a safetensors file at `path` (not atomically: callers write into a temporary
 // directory) and fsyncs it. Tensors are laid out in the given order, 8-byte aligned header.
+// `checksum`, when given, receives the XXH3-64 (core/checksum.h) of the bytes written.
 void write_safetensors(const std::string& path, const std::vector<SafetensorOut>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+                       const std::map<std::string, std::string>& metadata = {}, std::string* checksum = nullptr);
 
 }  // namespace bt
