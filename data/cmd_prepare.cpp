@@ -87,13 +87,19 @@ void add_prepare_command(CLI::App& app) {
                              ->capture_default_str();
   CLI::Option* maxt =
       cmd->add_option("--max-tokens", im->max_tokens, "token files: import only the first N tokens (0: all)");
+  CLI::Option* utf8 = cmd->add_option("--on-invalid-utf8", o->on_invalid_utf8,
+                  "input that is not valid UTF-8: replace (each bad sequence by U+FFFD, counted; the byte tokenizer "
+                  "keeps the bytes) | error (stop at the first, naming file:line)")
+      ->check(CLI::IsMember({"error", "replace"}))
+      ->capture_default_str();
   cmd->add_flag("--force", o->force, "replace a corpus already prepared in --out");
   auto no_progress = std::make_shared<bool>(false);
   cmd->add_flag("--no-progress", *no_progress, "no progress display on stderr");
-  cmd->callback([o, im, no_progress, tok, eos, split, doc_eos, maxt] {
+  cmd->callback([o, im, no_progress, tok, eos, split, doc_eos, maxt, utf8] {
     o->progress = !*no_progress;
     const std::string manifest = (std::filesystem::path(o->out) / "manifest.json").string();
     if (auto fmt = token_format_of(*o)) {
+      BT_CHECK(utf8->count() == 0, "--on-invalid-utf8 applies to text and JSONL inputs, not to token files");
       ImportOptions io;
       io.inputs = o->inputs;
       io.format = *fmt;
@@ -124,6 +130,11 @@ void add_prepare_command(CLI::App& app) {
              "shards; tokenizer {} (vocab {}); {:.0f} tokens/s",
              manifest, s.train_tokens, s.train_documents, s.train_shards, s.val_tokens, s.val_documents,
              s.val_shards, s.tokenizer, s.vocab_size, s.tokens_per_second);
+    if (s.invalid_utf8_bytes > 0)
+      log_warn("{} bytes of the input are not valid UTF-8 ({} lines, the first at {}); {}", s.invalid_utf8_bytes,
+               s.invalid_utf8_lines, s.invalid_utf8_first,
+               s.invalid_utf8_replaced ? "they were replaced by U+FFFD (--on-invalid-utf8 error stops instead)"
+                                       : "the byte tokenizer kept them as bytes");
   });
 }
 

@@ -1,9 +1,12 @@
 // Document splitting for text and JSONL inputs.
 #include "data/documents.h"
 
+#include <fmt/core.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "data/utf8.h"
 
 namespace bt {
 
@@ -38,8 +41,9 @@ DocSplit parse_doc_split(const std::string& s) {
   BT_FAIL("unknown --doc-split '", s, "': use blank or line");
 }
 
-DocumentReader::DocumentReader(std::istream& in, std::string name, InputFormat format, DocSplit split)
-    : in_(in), name_(std::move(name)), format_(format), split_(split) {}
+DocumentReader::DocumentReader(std::istream& in, std::string name, InputFormat format, DocSplit split,
+                               Utf8Policy* utf8)
+    : in_(in), name_(std::move(name)), format_(format), split_(split), utf8_(utf8) {}
 
 bool DocumentReader::read_line(std::string& s) {
   if (!std::getline(in_, s)) {
@@ -48,6 +52,18 @@ bool DocumentReader::read_line(std::string& s) {
   }
   ++line_;
   if (!s.empty() && s.back() == '\r') s.pop_back();
+  if (utf8_) {
+    const size_t bad = utf8_first_invalid(s);
+    if (bad != std::string_view::npos) {
+      BT_CHECK(utf8_->mode != Utf8Policy::Mode::error, name_, ":", line_, ": not valid UTF-8 (byte 0x",
+               fmt::format("{:02x}", unsigned(static_cast<unsigned char>(s[bad]))), " at column ", bad + 1,
+               "); fix the input, or pass --on-invalid-utf8 replace to replace such bytes by U+FFFD");
+      if (utf8_->first.empty()) utf8_->first = name_ + ":" + std::to_string(line_);
+      ++utf8_->lines;
+      utf8_->bytes += utf8_invalid_bytes(s);
+      if (utf8_->mode == Utf8Policy::Mode::replace) s = utf8_repair(s);
+    }
+  }
   return true;
 }
 

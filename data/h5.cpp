@@ -11,6 +11,10 @@ namespace bt::h5 {
 void init() {
   static std::once_flag once;
   std::call_once(once, [] {
+    // No library shutdown at exit: after a failed H5Fclose (a flush on a full disk) HDF5 keeps a
+    // half-closed file id, and its atexit handler crashes on it (exit 139 after our error message).
+    // Every file we write is closed explicitly; the process's exit releases the rest.
+    H5dont_atexit();
     BT_CHECK(H5open() >= 0, "cannot initialize the HDF5 library");
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   });
@@ -35,6 +39,15 @@ std::string last_error() {
   H5Eclear2(H5E_DEFAULT);
   for (char& c : msg)
     if (c == '\n' || c == '\r') c = ' ';
+  // The sec2 driver's I/O errors carry a long record ("file write failed: time = ..., filename =
+  // ..., errno = 28, error message = 'No space left on device', buf = ..."): keep what matters.
+  const size_t em = msg.find("error message = '");
+  if (em != std::string::npos) {
+    const size_t b = em + 17, e = msg.find('\'', b);
+    const size_t colon = msg.find(':');
+    if (e != std::string::npos && colon != std::string::npos && colon < em)
+      msg = msg.substr(0, colon) + ": " + msg.substr(b, e - b);
+  }
   return msg;
 }
 

@@ -118,7 +118,11 @@ PaddedStream pad_stream(const TokenStream& s, const LoaderOptions& opt) {
 }
 
 std::shared_ptr<TokenSource> open_shard_source(const std::string& glob_or_list, const LoaderOptions& opt) {
-  return std::make_shared<ShardSource>(glob_or_list, opt.vocab_size, pad_spec(opt));
+  ShardCheckOptions check;
+  check.verify_checksums = opt.verify_checksums;
+  check.rank = opt.rank;
+  check.world = opt.world;
+  return std::make_shared<ShardSource>(glob_or_list, opt.vocab_size, pad_spec(opt), 0, check);
 }
 
 // ---- loader ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ struct LoaderOptions {
   bool shuffle = true;     // validation uses false: windows in stream order
   bool prefetch = true;
   int vocab_size = 0;      // the model's vocabulary; > 0: every id (and pad_id) must be below it
+  bool verify_checksums = true;  // open_shard_source: XXH3 of the shards against manifest.json (data/manifest.h)
 };
 
 struct MicroBatch {

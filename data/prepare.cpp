@@ -18,11 +18,13 @@
 #include <sstream>
 #include <thread>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/timer.h"
 #include "data/documents.h"
+#include "data/manifest.h"
 #include "data/sha256.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -44,7 +46,7 @@ struct Input {
 // Calls f(doc) for every document of every input, in order.
 template <class F>
 void for_each_document(const std::vector<Input>& inputs, const PrepareOptions& opt, DocSplit split,
-                       F&& f) {
+                       Utf8Policy* utf8, F&& f) {
   for (const Input& in : inputs) {
     std::ifstream file;
     std::istringstream mem;
@@ -76,7 +78,7 @@ void for_each_document(const std::vector<Input>& inputs, const PrepareOptions& o
       is = &file;
     }
     const InputFormat fmt = parse_input_format(opt.format, in.path == "-" ? "" : in.path, head);
-    DocumentReader reader(*is, in.name(), fmt, split);
+    DocumentReader reader(*is, in.name(), fmt, split, utf8);
     std::string doc;
     while (reader.next(doc)) f(doc);
   }
@@ -101,7 +103,7 @@ void prepare_out_dir(const std::string& out, bool force) {
     BT_CHECK(!ec, "cannot create the output directory '", out, "': ", ec.message());
   }
   static const std::regex ours(
-      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model|hf_tokenizer\.json)(\.tmp)?)");
+      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model|hf_tokenizer\.json)(\.tmp)?|\.bt-prepare-incomplete)");
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(out, ec))
     if (std::regex_match(e.path().filename().string(), ours)) found.push_back(e.path());
@@ -147,7 +149,8 @@ class SplitWriter {
                        {"tokens", tokens},
                        {"documents", documents},
                        {"bytes", uint64_t(fs::file_size(path))},
-                       {"sha256", sha256_file(path)}});
+                       {"sha256", sha256_file(path)},
+                       {"xxh3", xxh3_file(path)}});
     cur_.reset();
   }
   uint64_t tokens() const { return tokens_; }
@@ -210,8 +213,13 @@ PrepareSummary run_prepare(const PrepareOptions& opt) {
   try {
     return run_prepare_impl(opt);
   } catch (...) {
-    // A directory this run created and left empty (e.g. an empty corpus) goes away again.
-    if (!existed && fs::is_directory(opt.out, ec) && fs::is_empty(opt.out, ec)) fs::remove(opt.out, ec);
+    // A directory this run created and left empty (e.g. an empty corpus) goes away again, with
+    // the unfinished marker when nothing else was written.
+    if (!existed && fs::is_directory(opt.out, ec)) {
+      size_t n = 0;
+      for (const auto& e : fs::directory_iterator(opt.out, ec)) n += e.path().filename() != kPrepareMarker;
+      if (n == 0) fs::remove_all(opt.out, ec);
+    }
     throw;
   }
 }
@@ -225,6 +233,9 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
            opt.val_fraction);
   BT_CHECK(opt.shard_tokens >= 1, "--shard-tokens must be >= 1");
   const DocSplit split = parse_doc_split(opt.doc_split);
+  BT_CHECK(opt.on_invalid_utf8 == "error" || opt.on_invalid_utf8 == "replace", "--on-invalid-utf8 must be error or "
+           "replace, got '", opt.on_invalid_utf8, "'");
+  const bool utf8_error = opt.on_invalid_utf8 == "error";
   parse_input_format(opt.format, "", "");  // validates the name
   const TokenizerSpec spec = parse_tokenizer_spec(opt.tokenizer);
   std::vector<Input> inputs;
@@ -263,7 +274,9 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
     Rng rng(opt.seed, hash_name("spm_sentence_sample"));
     uint64_t seen = 0;
     const uint64_t cap = std::max<uint64_t>(1, opt.spm_max_sentences);
-    for_each_document(inputs, opt, split, [&](const std::string& doc) {
+    Utf8Policy sample_utf8;  // the same treatment as the tokenize pass, counted there
+    sample_utf8.mode = utf8_error ? Utf8Policy::Mode::error : Utf8Policy::Mode::replace;
+    for_each_document(inputs, opt, split, &sample_utf8, [&](const std::string& doc) {
       size_t at = 0;
       while (at <= doc.size()) {
         size_t nl = doc.find('\n', at);
@@ -303,6 +316,12 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
 
   // ---- shards ----
   prepare_out_dir(opt.out, opt.force);
+  // Marks the directory as unfinished until the manifest is written (data/manifest.h).
+  const std::string marker = (fs::path(opt.out) / kPrepareMarker).string();
+  write_file_atomic(marker, "bt prepare is writing this directory (pid " + std::to_string(::getpid()) + ")\n");
+  Utf8Policy utf8;
+  utf8.mode = utf8_error ? Utf8Policy::Mode::error
+                         : tok->kind() == "byte" ? Utf8Policy::Mode::keep : Utf8Policy::Mode::replace;
   const ShardMeta meta{tok->vocab_size(), tok->eos_id(), tok->name()};
   SplitWriter train(opt.out, "train", meta, opt.shard_tokens);
   SplitWriter val(opt.out, "val", meta, opt.shard_tokens);
@@ -348,7 +367,7 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
     batch_bytes = 0;
     progress.update(train.documents() + val.documents(), train.tokens() + val.tokens(), sum.input_bytes);
   };
-  for_each_document(inputs, opt, split, [&](const std::string& doc) {
+  for_each_document(inputs, opt, split, &utf8, [&](const std::string& doc) {
     batch_bytes += doc.size();
     batch.push_back(doc);
     if (batch_bytes >= (8u << 20) || batch.size() >= 16384) flush();
@@ -409,12 +428,20 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
       {"seed", opt.seed},
       {"shard_tokens", opt.shard_tokens},
       {"input_bytes", sum.input_bytes},
+      {"on_invalid_utf8", opt.on_invalid_utf8},
+      {"invalid_utf8_bytes", utf8.bytes},
       {"splits",
        {{"train", {{"tokens", sum.train_tokens}, {"documents", sum.train_documents}, {"shards", sum.train_shards}}},
         {"val", {{"tokens", sum.val_tokens}, {"documents", sum.val_documents}, {"shards", sum.val_shards}}}}},
       {"shards", shards},
   };
   write_file_atomic((fs::path(opt.out) / kManifest).string(), m.dump(2) + "\n");
+  std::error_code ec;
+  fs::remove(marker, ec);
+  sum.invalid_utf8_bytes = utf8.bytes;
+  sum.invalid_utf8_lines = utf8.lines;
+  sum.invalid_utf8_replaced = utf8.mode == Utf8Policy::Mode::replace;
+  sum.invalid_utf8_first = utf8.first;
   return sum;
 }
 }  // namespace

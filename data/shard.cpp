@@ -192,7 +192,32 @@ namespace {
 struct OpenShard {
   ShardInfo info;
   Handle file, tokens, offsets;
+  int fd = -1;       // HDF5's own descriptor of the file (sec2 driver), for fstat
+  haddr_t eoa = 0;   // end of the space HDF5 allocated in the file: the file must stay at least this long
 };
+
+// HDF5 reads the part of a chunk that lies past the end of the file as zeros, and chunks that were
+// never written as the fill value, without an error. So a shard that is truncated while it is
+// open (or a copy still being written) would yield zeros: after every read, the file must still
+// hold all the space HDF5 allocated when it was opened.
+void check_intact(const OpenShard& s, const std::string& what) {
+  if (s.fd < 0) return;
+  struct stat st {};
+  BT_CHECK(::fstat(s.fd, &st) == 0, what, ": cannot stat the open file (", std::strerror(errno), ")");
+  BT_CHECK(uint64_t(st.st_size) >= uint64_t(s.eoa), what, ": the file shrank to ", st.st_size, " bytes while open (",
+           s.eoa, " expected): it was truncated or is being rewritten; the tokens just read are not trusted");
+}
+
+// A dataset whose space is not allocated in full (chunks never written: an interrupted or
+// foreign writer) would read as fill values.
+void check_allocated(hid_t ds, uint64_t len, const char* name, const std::string& what) {
+  if (len == 0) return;
+  H5D_space_status_t status;
+  BT_CHECK(H5Dget_space_status(ds, &status) >= 0, what, ": cannot query the storage of /", name, " (", last_error(),
+           ")");
+  BT_CHECK(status == H5D_SPACE_STATUS_ALLOCATED, what, ": /", name,
+           " is not completely written (some of its chunks were never stored; an interrupted writer?)");
+}
 
 // 1-D dataset `name`, its length; fails naming the shard when absent or not 1-D integer.
 Handle open_1d(hid_t file, const char* name, uint64_t& len, const std::string& what) {
@@ -262,7 +287,17 @@ OpenShard open_shard(const std::string& path) {
   in.token_bytes = int(tsize);
   BT_CHECK(tsize == 4 || in.vocab_size <= 65536, what, ": /tokens is uint16 but vocab_size is ",
            in.vocab_size);
+  check_allocated(s.tokens.get(), in.tokens, "tokens", what);
   s.offsets = open_1d(s.file.get(), "doc_offsets", in.documents, what);
+  check_allocated(s.offsets.get(), in.documents, "doc_offsets", what);
+  {
+    void* handle = nullptr;
+    if (H5Fget_vfd_handle(s.file.get(), H5P_DEFAULT, &handle) >= 0 && handle &&
+        H5Fget_eoa(s.file.get(), &s.eoa) >= 0)
+      s.fd = *static_cast<int*>(handle);
+    else
+      last_error();  // another driver: no size check
+  }
   Handle otype(H5Dget_type(s.offsets.get()), H5Tclose);
   BT_CHECK(otype.valid() && H5Tget_class(otype.get()) == H5T_INTEGER, what,
            ": /doc_offsets must hold integers");
@@ -299,6 +334,7 @@ void read_tokens_as(const OpenShard& s, hid_t mem_type, int32_t* out, const std:
   for (uint64_t at = 0; at < n; at += step) {
     const uint64_t cnt = std::min(step, n - at);
     read_range(s.tokens.get(), mem_type, at, cnt, buf.data(), "tokens", what);
+    check_intact(s, what);
     T maxv = 0;
     for (uint64_t i = 0; i < cnt; ++i) {
       maxv = std::max(maxv, buf[i]);
@@ -337,6 +373,7 @@ ShardInfo read_shard(const std::string& path, std::vector<int32_t>& tokens,
     uint64_t* offs = doc_offsets.data() + base_docs;
     if (in.documents > 0)
       read_range(s.offsets.get(), H5T_NATIVE_UINT64, 0, in.documents, offs, "doc_offsets", what);
+    check_intact(s, what);
     const int32_t* tok = tokens.data() + base;
     uint64_t prev = 0;
     for (uint64_t d = 0; d < in.documents; ++d) {
@@ -435,6 +472,7 @@ void ShardFile::read_tokens(uint64_t start, uint64_t n, int32_t* out) {
   else
     read_converted(d.s.tokens.get(), d.fspace.get(), H5T_NATIVE_UINT32, start, n, d.buf32, out,
                    uint64_t(in.vocab_size), d.what);
+  check_intact(d.s, d.what);
 }
 
 std::vector<uint64_t> ShardFile::read_doc_offsets() {
@@ -444,6 +482,7 @@ std::vector<uint64_t> ShardFile::read_doc_offsets() {
   std::vector<uint64_t> offs(in.documents);
   if (in.documents > 0)
     read_range(d.s.offsets.get(), H5T_NATIVE_UINT64, 0, in.documents, offs.data(), "doc_offsets", d.what);
+  check_intact(d.s, d.what);
   for (uint64_t i = 0; i < in.documents; ++i) {
     if (i == 0)
       BT_CHECK(offs[0] == 0, d.what, ": /doc_offsets[0] is ", offs[0], ", expected 0");

@@ -137,7 +137,7 @@ size_t open_file_budget() {
 }  // namespace
 
 ShardSource::ShardSource(const std::string& glob_or_list, int model_vocab_size, const PadSpec& pad,
-                         size_t max_open_files) {
+                         size_t max_open_files, const ShardCheckOptions& check) {
   pad_ = pad;
   max_open_ = max_open_files > 0 ? max_open_files : open_file_budget();
   const std::vector<std::string> paths = expand_shard_list(glob_or_list);
@@ -162,6 +162,7 @@ ShardSource::ShardSource(const std::string& glob_or_list, int model_vocab_size, 
     shards_.push_back(std::move(s));
     infos.push_back(std::move(in));
   }
+  check_shards_against_manifests(glob_or_list, paths, infos, check);
   BT_CHECK(raw_total_ > 0, "the shards '", glob_or_list, "' hold no tokens");
   vocab_size_ = int(infos.front().vocab_size);
   eos_id_ = int(infos.front().eos_id);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "data/manifest.h"
 #include "data/token_stream.h"
 
 namespace bt {
@@ -78,15 +79,16 @@ class MemorySource final : public TokenSource {
 };
 
 // Shards read on demand. Opening checks every shard's attributes and shapes (the one-line errors
-// of read_shards: format, version, vocab fit, mixed tokenizers, truncated files) but reads no
-// tokens; with a padding option it also reads /doc_offsets (checked) to index the documents.
+// of read_shards: format, version, vocab fit, mixed tokenizers, truncated files) and its identity
+// against manifest.json (size, counts, checksum: data/manifest.h) but reads no tokens otherwise; with a padding option it also reads /doc_offsets (checked) to index the documents.
 // Token ids are checked per read. Up to max_open_files() shards stay open (least recently used
 // ones are closed beyond that). Needs shards below 2^32 tokens (padded) with a padding option.
 class ShardSource final : public TokenSource {
  public:
   // max_open_files 0: half the process's descriptor limit (raised to its hard limit), >= 16.
+  // `check`: the shards are checked against their directories' manifest.json (data/manifest.h).
   ShardSource(const std::string& glob_or_list, int model_vocab_size, const PadSpec& pad,
-              size_t max_open_files = 0);
+              size_t max_open_files = 0, const ShardCheckOptions& check = {});
   ~ShardSource() override;
   uint64_t size() const override { return padded_total_; }
   uint64_t raw_tokens() const override { return raw_total_; }

@@ -13,7 +13,7 @@
 
 namespace bt {
 
-std::vector<std::string> expand_shard_list(const std::string& glob_or_list) {
+std::vector<std::string> split_shard_list(const std::string& glob_or_list) {
   std::vector<std::string> items;
   size_t at = 0;
   while (at <= glob_or_list.size()) {
@@ -25,6 +25,11 @@ std::vector<std::string> expand_shard_list(const std::string& glob_or_list) {
     if (!item.empty()) items.push_back(item);
     at = comma + 1;
   }
+  return items;
+}
+
+std::vector<std::string> expand_shard_list(const std::string& glob_or_list) {
+  const std::vector<std::string> items = split_shard_list(glob_or_list);
   BT_CHECK(!items.empty(), "no shards given (expected a path, a glob such as data/c/train-*.h5, "
                            "or a comma-separated list)");
   std::vector<std::string> paths;

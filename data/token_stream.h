@@ -16,6 +16,9 @@ struct TokenStream {
   std::string tokenizer;  // "byte", "spm:<sha256>", "synthetic:..."
 };
 
+// The items of a comma-separated list of paths and glob patterns, trimmed, empty ones dropped.
+std::vector<std::string> split_shard_list(const std::string& glob_or_list);
+
 // Expands a comma-separated list of paths and glob patterns ("data/c/train-*.h5") into shard
 // paths, in order (each pattern's matches sorted). Fails when a path is missing or a pattern
 // matches nothing.

@@ -300,4 +300,13 @@ std::unique_ptr<Tokenizer> load_tokenizer_for_shards(const std::string& glob_or_
   return load_tokenizer_for_shard_file(expand_shard_list(glob_or_list).front());
 }
 
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                                const std::vector<int32_t>& continuation) {
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), continuation.begin(), continuation.end());
+  const std::string head = tok.decode(prompt), whole = tok.decode(all);
+  if (whole.compare(0, head.size(), head) == 0) return whole.substr(head.size());
+  return tok.decode(continuation);
+}
+
 }  // namespace bt

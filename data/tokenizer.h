@@ -33,6 +33,13 @@ class Tokenizer {
   virtual void save_to_dir(const std::string& dir) const = 0;
 };
 
+// The text that `continuation` adds after `prompt`: the two are decoded together and the prompt's
+// own decoding is cut off, so a tokenizer that joins them (SentencePiece's word-initial space:
+// "In the" + "children" is "In the children") is honoured. Falls back to decoding the
+// continuation alone when the joint text does not start with the prompt's.
+std::string decode_continuation(const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                                const std::vector<int32_t>& continuation);
+
 // A parsed --tokenizer spec.
 struct TokenizerSpec {
   enum class Kind { Byte, Spm, TrainSpm, Hf } kind = Kind::Byte;

@@ -76,4 +76,25 @@ std::string utf8_repair(std::string_view s) {
   return out;
 }
 
+size_t utf8_first_invalid(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    bool full;
+    const int k = scan(s, i, full);
+    if (!full) return i;
+    i += size_t(k);
+  }
+  return std::string_view::npos;
+}
+
+uint64_t utf8_invalid_bytes(std::string_view s) {
+  uint64_t bad = 0;
+  for (size_t i = 0; i < s.size();) {
+    bool full;
+    const int k = scan(s, i, full);
+    if (!full) bad += uint64_t(k);
+    i += size_t(k);
+  }
+  return bad;
+}
+
 }  // namespace bt
