@@ -75,6 +75,7 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("data.random_pad_first_block", Bool, data.random_pad_first_block),
       BT_LEAF("data.pad_to_block_boundary", Bool, data.pad_to_block_boundary),
       BT_LEAF("data.synthetic", String, data.synthetic),
+      BT_LEAF("data.verify_checksums", Bool, data.verify_checksums),
       BT_LEAF("optim.lr", Double, optim.lr),
       BT_LEAF("optim.min_lr_ratio", Double, optim.min_lr_ratio),
       BT_LEAF("optim.warmup_steps", Int, optim.warmup_steps),
@@ -539,6 +540,9 @@ void validate_impl(const Config& c, const Where& where) {
       BT_FAIL(where({"model.context_length", "model.block_length"}), "model.context_length (",
               m.context_length, ") must be divisible by model.block_length (", m.block_length, ")");
   } else {
+    if (m.block_length != ModelConfig{}.block_length)
+      BT_FAIL(where({"model.block_length"}), "model.block_length is set (", m.block_length,
+              ") but model.kind is vanilla; remove it (only block models have blocks)");
     check_decoder(m.decoder, "model.decoder", false, m, where);
     check_unused(m.block_decoder, "model.block_decoder", "vanilla", where);
     check_unused(m.token_decoder, "model.token_decoder", "vanilla", where);
@@ -597,8 +601,8 @@ void validate_impl(const Config& c, const Where& where) {
   positive(t.log_every, "train.log_every");
   positive(t.eval_every, "train.eval_every");
   positive(t.eval_batches, "train.eval_batches");
-  positive(t.checkpoint_every, "train.checkpoint_every");
-  positive(t.keep_checkpoints, "train.keep_checkpoints");
+  // checkpoint_every 0: only at the end (and when stopped); keep_checkpoints <= 0: keep all.
+  non_negative(t.checkpoint_every, "train.checkpoint_every");
   if (t.out_dir.empty()) BT_FAIL(where({"train.out_dir"}), "train.out_dir must not be empty");
 }
 
@@ -734,7 +738,8 @@ std::string to_yaml(const Config& c) {
   line("  kind: " + fmt_string(m.kind));
   line(fmt::format("  vocab_size: {}", m.vocab_size));
   line(fmt::format("  context_length: {}", m.context_length));
-  line(fmt::format("  block_length: {}", m.block_length));
+  if (m.is_block() || m.block_length != ModelConfig{}.block_length)
+    line(fmt::format("  block_length: {}", m.block_length));
   // Block-only sections are left out of a vanilla config and vice versa, unless set (so that
   // parsing the text back gives the same Config, and validate names the stray section).
   if (m.is_block() || m.embedder_kind != "lookup" || m.embedder_dim != 0)
@@ -755,6 +760,7 @@ std::string to_yaml(const Config& c) {
   line(fmt::format("  random_pad_first_block: {}", d.random_pad_first_block));
   line(fmt::format("  pad_to_block_boundary: {}", d.pad_to_block_boundary));
   line("  synthetic: " + fmt_string(d.synthetic));
+  line(fmt::format("  verify_checksums: {}", d.verify_checksums));
   const OptimConfig& o = c.optim;
   line("optim:");
   line("  lr: " + fmt_double(o.lr));

@@ -46,6 +46,7 @@ struct DataConfig {
   bool pad_to_block_boundary = false;
   std::string synthetic;  // when train is empty: a synthetic stream (tests),
                           // "repeat:<period>[:<tokens>]" or "random[:<tokens>]" (data/token_stream.h)
+  bool verify_checksums = true;  // check each shard's XXH3 against manifest.json when the run opens it
 
   friend bool operator==(const DataConfig&, const DataConfig&) = default;
 };
@@ -75,8 +76,8 @@ struct TrainConfig {
   int log_every = 10;
   int eval_every = 1000;
   int eval_batches = 50;
-  int checkpoint_every = 10000;
-  int keep_checkpoints = 3;
+  int checkpoint_every = 10000;  // 0: only at the end (and when stopped)
+  int keep_checkpoints = 3;      // <= 0: keep all
   std::string out_dir = "runs/default";
   bool deterministic = false;
 

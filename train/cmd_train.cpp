@@ -22,6 +22,7 @@ void add_train_command(CLI::App& app) {
     bool print_config = false;
     std::string resume;
     std::string init_from;
+    bool overwrite = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("train", "train a Block Transformer or a vanilla model from a YAML config");
@@ -36,6 +37,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--init-from", args->init_from,
                   "start from the weights of a safetensors file in the official PyTorch naming (fine-tuning); "
                   "tensors this model does not use are reported and ignored");
+  cmd->add_flag("--overwrite", args->overwrite,
+                "start afresh in a train.out_dir that holds an earlier run: deletes its checkpoints, metrics.jsonl and "
+                "tensorboard logs first (without it such a run is refused; --resume auto continues it instead)");
   cmd->callback([args] {
     Config cfg;
     if (!args->config.empty()) {
@@ -65,6 +69,7 @@ void add_train_command(CLI::App& app) {
                "' is not a number of milliseconds in [0, 600000] (unset it for normal training)");
       opt.step_delay_ms = int(ms);
     }
+    opt.overwrite = args->overwrite;
     Trainer trainer(cfg, *comm, opt);
     trainer.run();
     if (stop_requested()) log_info("stopped by signal at step {}; resume with --resume auto", trainer.step());

@@ -15,6 +15,7 @@
 
 #include "core/log.h"
 #include "core/timer.h"
+#include "data/shard.h"
 #include "model/checkpoint.h"
 #include "optim/lr_schedule.h"
 #include "train/device_info.h"
@@ -63,6 +64,8 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   for (int r = 0; r < world; ++r)
     BT_CHECK(hashes[r] == hashes[0], "rank ", r, " runs a different config than rank 0 (config hash ", hashes[r],
              " vs ", hashes[0], "): launch every rank with the same file and overrides");
+  // One run per out_dir: rank 0 (the only writer) holds its lock for the life of the run.
+  if (comm_.rank() == 0 && !t.out_dir.empty()) lock_ = std::make_unique<RunLock>(t.out_dir);
 
   BackendOptions bo;
   bo.device = t.device;
@@ -94,6 +97,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
         synthetic_stream(cfg_.data.synthetic, cfg_.model.vocab_size, t.seed));
   }
   LoaderOptions lo;
+  lo.verify_checksums = cfg_.data.verify_checksums;
   lo.context_length = cfg_.model.context_length;
   lo.block_length = cfg_.model.is_block() ? cfg_.model.block_length : 1;
   lo.global_batch = t.global_batch;
@@ -123,28 +127,96 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   } else if (!topt_.resume.empty()) {
     resume_dir = resolve_checkpoint(topt_.resume);
   }
+  check_tokenizers(resume_dir);
+  if (lock_) prepare_out_dir_for(resume_dir.empty());
   if (!resume_dir.empty()) {
     restore(resume_dir);
-  } else {
-    if (!topt_.init_from.empty()) init_from(topt_.init_from);
-    if (comm_.rank() == 0 && !t.out_dir.empty() && !topt_.quiet) {
-      auto existing = list_checkpoints(checkpoint_root());
-      if (!existing.empty())
-        log_warn("{} already holds checkpoints up to step {}; this fresh run replaces them as it reaches those steps "
-                 "(use --resume auto to continue instead)", checkpoint_root(), existing.back().first);
-    }
+  } else if (!topt_.init_from.empty()) {
+    init_from(topt_.init_from);
   }
 
   if (world > 1) sync_weights();
 
   if (comm_.rank() == 0 && !t.out_dir.empty()) {
-    fs::create_directories(t.out_dir);
-    std::ofstream(fs::path(t.out_dir) / "config.yaml") << to_yaml(cfg_);
+    write_file_atomic((fs::path(t.out_dir) / "config.yaml").string(), to_yaml(cfg_));
     metrics_ = std::make_unique<MetricsWriter>((fs::path(t.out_dir) / "metrics.jsonl").string());
     tb_ = std::make_unique<TensorBoardWriter>((fs::path(t.out_dir) / "tensorboard").string());
   }
   if (!topt_.quiet) log_start();
   plan_memory(model_bytes);
+}
+
+void Trainer::prepare_out_dir_for(bool fresh) {
+  // Under the lock no other writer can be at work here: every leftover of an interrupted save
+  // goes, before this run writes anything (a run restarted on a full disk frees that space first).
+  clean_checkpoint_leftovers(checkpoint_root(), true);
+  if (!fresh) return;
+  const auto existing = list_checkpoints(checkpoint_root());
+  if (existing.empty()) return;
+  BT_CHECK(topt_.overwrite, cfg_.train.out_dir, " holds the checkpoints of an earlier run (up to ",
+           existing.back().second, "): continue it with --resume auto, start over with --overwrite (deletes its "
+           "checkpoints, metrics.jsonl and tensorboard logs), or set another train.out_dir");
+  if (!topt_.quiet)
+    log_warn("--overwrite: deleting the earlier run in {} (checkpoints up to step {}, metrics.jsonl, tensorboard)",
+             cfg_.train.out_dir, existing.back().first);
+  std::error_code ec;
+  fs::remove_all(checkpoint_root(), ec);
+  fs::remove(fs::path(cfg_.train.out_dir) / "metrics.jsonl", ec);
+  fs::remove_all(fs::path(cfg_.train.out_dir) / "tensorboard", ec);
+}
+
+namespace {
+// The checkpoint `latest` points at, or "" (also when it cannot be resolved): for error messages.
+std::string latest_checkpoint_or_none(const std::string& root) {
+  if (root.empty()) return "";
+  try {
+    return find_latest_checkpoint(root);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+// The tokenizer name in DIR/tokenizer.json ("" when there is none).
+std::string tokenizer_name_in(const std::string& dir) {
+  const fs::path p = fs::path(dir) / "tokenizer.json";
+  std::error_code ec;
+  if (dir.empty() || !fs::exists(p, ec)) return "";
+  std::ifstream in(p);
+  try {
+    const nlohmann::json j = nlohmann::json::parse(in);
+    return j.value("name", std::string());
+  } catch (const nlohmann::json::exception&) {
+    return "";
+  }
+}
+}  // namespace
+
+void Trainer::check_tokenizers(const std::string& resume_dir) const {
+  if (cfg_.data.train.empty()) return;  // synthetic data has no tokenizer
+  const TokenSource& tr = loader_->source();
+  if (val_loader_) {
+    const TokenSource& va = val_loader_->source();
+    BT_CHECK(va.tokenizer() == tr.tokenizer() && va.vocab_size() == tr.vocab_size() && va.eos_id() == tr.eos_id(),
+             "data.val '", cfg_.data.val, "' was made with tokenizer ", va.tokenizer(), " (vocab ", va.vocab_size(),
+             ") but data.train '", cfg_.data.train, "' with ", tr.tokenizer(), " (vocab ", tr.vocab_size(),
+             "): its losses would mean nothing; prepare both with one tokenizer");
+  }
+  const std::string ck = tokenizer_name_in(resume_dir);
+  BT_CHECK(ck.empty() || ck == tr.tokenizer(), "checkpoint ", resume_dir, " was trained on data of tokenizer ", ck,
+           " but data.train '", cfg_.data.train, "' was made with ", tr.tokenizer(),
+           ": resume on shards prepared with the checkpoint's tokenizer (its tokenizer.json)");
+}
+
+void Trainer::check_finite_weights(const float* params, const char* what) const {
+  for (const auto& p : model_->table().entries())
+    for (size_t i = 0; i < p.numel; ++i)
+      if (!std::isfinite(params[p.offset + i])) {
+        const std::string latest = latest_checkpoint_or_none(checkpoint_root());
+        BT_FAIL("step ", step_, ": tensor '", p.name, "' holds a non-finite value (", params[p.offset + i],
+                " at index ", i, "): the run diverged; not ", what, " (",
+                latest.empty() ? std::string("no earlier checkpoint") : "latest stays at " + latest,
+                "); lower optim.lr, raise optim.warmup_steps or check the data");
+      }
 }
 
 std::string Trainer::checkpoint_root() const {
@@ -175,6 +247,7 @@ std::string Trainer::save_checkpoint() {
   if (comm_.rank() == 0) {
     std::vector<float> params(total, 0.f);
     model_->get_params(params.data(), DType::f32);
+    check_finite_weights(params.data(), "saving a checkpoint");
     CheckpointContents c;
     c.step = step_;
     c.config = &cfg_;
@@ -215,6 +288,8 @@ std::string Trainer::save_checkpoint() {
 }
 
 void Trainer::restore(const std::string& dir) {
+  if (!verify_checkpoint(dir) && !topt_.quiet)
+    log_warn("checkpoint {} has no checksums.json (written by an older bt): its files are not verified", dir);
   const Config ck = load_checkpoint_config(dir);
   check_same_model(ck.model, cfg_.model, "checkpoint " + dir);
   if (config_hash(ck) != config_hash(cfg_) && !topt_.quiet) {
@@ -271,7 +346,11 @@ void Trainer::restore(const std::string& dir) {
   if (!topt_.quiet) log_info("resumed from {} at step {}", dir, step_);
 }
 
-void Trainer::init_from(const std::string& file) {
+void Trainer::init_from(const std::string& path) {
+  // A checkpoint directory (or latest link, or run directory) stands for its model.safetensors.
+  std::error_code ec;
+  const std::string file =
+      fs::is_directory(path, ec) ? (fs::path(resolve_checkpoint(path)) / "model.safetensors").string() : path;
   const ParamTable& tb = model_->table();
   std::vector<float> params(tb.total(), 0.f);
   const std::vector<std::string> extra = load_weights(file, tb, params.data());
@@ -443,6 +522,12 @@ void Trainer::run() {
     if (comm_.world() > 1) comm_.all_reduce_host(&flag, 1, ReduceOp::sum);  // every rank stops at the same step
     return flag > 0;
   };
+  if (step_ >= t.steps) {
+    BT_CHECK(step_ == t.steps, "the checkpoint is at step ", step_, ", past train.steps = ", t.steps,
+             ": raise train.steps (e.g. train.steps=", 2 * step_, ") to continue training, or resume an earlier "
+             "checkpoint");
+    if (step_ > 0) log_info("the run is already at train.steps = {}: nothing to train (raise train.steps to go on)", step_);
+  }
   while (step_ < t.steps) {
     const bool by_signal = stop_now();
     if (by_signal || (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after)) {
@@ -487,6 +572,13 @@ void Trainer::run() {
     }
     if (val_loader_ && (step_ % t.eval_every == 0 || last)) {
       LossStats v = evaluate();
+      if (!std::isfinite(v.mean())) {
+        const std::string latest = latest_checkpoint_or_none(checkpoint_root());
+        BT_FAIL("step ", step_, ": the validation loss is not finite (", v.mean(), "): the run diverged; no "
+                "checkpoint of this step is saved (",
+                latest.empty() ? std::string("no earlier checkpoint") : "latest stays at " + latest,
+                "); lower optim.lr, raise optim.warmup_steps or check the data");
+      }
       std::vector<double> by_pos;
       std::string pos_str;
       for (size_t i = 0; i < v.pos_sum.size(); ++i) {

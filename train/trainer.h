@@ -16,6 +16,7 @@
 #include "train/comm.h"
 #include "train/ddp.h"
 #include "train/metrics.h"
+#include "train/run_lock.h"
 #include "train/tensorboard.h"
 
 namespace bt {
@@ -27,6 +28,7 @@ struct TrainOptions {
   std::string init_from;    // a safetensors file in the official naming to start from (fine-tuning)
   int step_delay_ms = 0;    // sleep after every step and before a stop's checkpoint (BT_STEP_DELAY_MS):
                             // tests of preemption stretch a tiny run and its stop
+  bool overwrite = false;   // a fresh run may replace an earlier run's checkpoints, metrics and logs in out_dir
 };
 
 // SIGTERM / SIGUSR1 (preemption) set a flag that the training loop checks between steps: it saves a
@@ -50,8 +52,9 @@ class Trainer {
   std::string save_checkpoint();
   // Restores weights, optimizer moments and steps, loader position, RNG and step from a checkpoint.
   void restore(const std::string& checkpoint_dir);
-  // Loads official-named weights from a safetensors file (extras are reported and ignored).
-  void init_from(const std::string& safetensors_file);
+  // Loads official-named weights from a safetensors file, or a checkpoint directory's
+  // model.safetensors (extras are reported and ignored).
+  void init_from(const std::string& safetensors_file_or_checkpoint);
   std::string checkpoint_root() const;
   // Why run() returned: finished train.steps, stop_after reached, or a stop signal.
   bool stopped_early() const { return stopped_early_; }
@@ -73,9 +76,13 @@ class Trainer {
     size_t fixed = 0, per_sequence = 0, capacity = 0;
   } mem_;
   static size_t bucket_elems();
+  void prepare_out_dir_for(bool fresh);
+  void check_tokenizers(const std::string& resume_dir) const;
+  void check_finite_weights(const float* params, const char* what) const;
   Config cfg_;
   Communicator& comm_;
   TrainOptions topt_;
+  std::unique_ptr<RunLock> lock_;  // rank 0 with an out_dir: held for the Trainer's life
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<AdamW> opt_;
