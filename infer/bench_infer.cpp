@@ -251,6 +251,14 @@ void bench_infer(const BenchInferOptions& o) {
   if (o.settings == "both" || o.settings == "decode")
     settings.push_back(parse_setting("decode-heavy", o.decode_heavy, std::max(1, L / 16), L));
   BT_CHECK(!settings.empty(), "--settings must be both, prefill or decode");
+  // Positions beyond the context were never trained, and such a run takes minutes before its first
+  // line: refuse it up front.
+  for (const Setting& s : settings)
+    for (const auto& b : models)
+      BT_CHECK(s.prompt + s.gen <= b->cfg.model.context_length, "--", s.name, " ", s.prompt, ":", s.gen,
+               ": prompt + generated tokens = ", s.prompt + s.gen, " exceed model.context_length ",
+               b->cfg.model.context_length, " of ", b->cfg.name, "; give PROMPT:GEN with at most ",
+               b->cfg.model.context_length, " tokens in all");
 
   {
     auto probe = make_bench(cfgs[0], o.device);

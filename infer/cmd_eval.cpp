@@ -66,8 +66,8 @@ void add_eval_command(CLI::App& app) {
       ->required();
   cmd->add_option("--config", a->config, "config describing the weights (default: the checkpoint's config.yaml)");
   cmd->add_option("--data", a->data, "shard glob (default: the config's data.val)");
-  cmd->add_option("--batches", a->batches, "evaluate at most this many batches (0: the whole set)");
-  cmd->add_option("--batch-size", a->batch_size, "windows per forward (default: train.micro_batch)");
+  CLI::Option* batches = cmd->add_option("--batches", a->batches, "evaluate at most this many batches (0: the whole set)");
+  CLI::Option* batch_size = cmd->add_option("--batch-size", a->batch_size, "windows per forward (default: train.micro_batch)");
   cmd->add_option("--tokens-file", a->tokens_file,
                   "evaluate raw little-endian int32 tokens, context_length per window, instead of shards");
   cmd->add_option("--mask-file", a->mask_file,
@@ -81,7 +81,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", a->json, "print the result as one JSON object");
   cmd->add_option("--device", a->device, "auto | cpu | cuda");
   cmd->add_option("overrides", a->overrides, "config overrides section.key=value");
-  cmd->callback([a] {
+  cmd->callback([a, batches, batch_size] {
+    BT_CHECK(batches->count() == 0 || a->batches >= 0, "--batches must be >= 0 (0: the whole set; got ", a->batches,
+             ")");
+    BT_CHECK(batch_size->count() == 0 || a->batch_size >= 1, "--batch-size must be >= 1 (got ", a->batch_size, ")");
     // The config first, to size the model's micro batch.
     BT_CHECK(a->mask_file.empty() || !a->tokens_file.empty(), "--mask-file goes with --tokens-file");
     InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device, a->precision);
@@ -127,8 +130,14 @@ void add_eval_command(CLI::App& app) {
       lo.vocab_size = mc.vocab_size;
       lo.shuffle = false;
       lo.prefetch = false;
+      lo.verify_checksums = im.config.data.verify_checksums;
       // Windows are read lazily from the shards, as in training.
       std::shared_ptr<const TokenSource> stream = open_shard_source(glob, lo);
+      // Shards of another tokenizer than the checkpoint's would give a meaningless loss.
+      const std::string ck_tok = checkpoint_tokenizer_name(im);
+      BT_CHECK(ck_tok.empty() || ck_tok == stream->tokenizer(), "the shards '", glob, "' were made with tokenizer ",
+               stream->tokenizer(), " but the checkpoint ", im.dir, " was trained with ", ck_tok,
+               ": evaluate on shards prepared with the checkpoint's tokenizer (its tokenizer.json)");
       // Probe the number of windows with a batch of 1, then size the batch to the data.
       lo.global_batch = lo.micro_batch = 1;
       const uint64_t windows = Loader(stream, lo).windows_per_epoch();
@@ -186,6 +195,8 @@ void add_eval_command(CLI::App& app) {
     if (dump) std::fclose(dump);
     BT_CHECK(total.targets > 0, "no loss targets in the evaluated data (all padding?)");
     const double loss = total.mean();
+    BT_CHECK(std::isfinite(loss), "the loss is not finite (", loss, "): the weights of ", im.weights,
+             " are corrupt or come from a run that diverged");
     if (with_grad) write_grads(model, *im.backend, 1.0 / double(total.targets), a->grads);
     std::vector<double> by_pos;
     for (size_t i = 0; i < total.pos_sum.size(); ++i)
@@ -198,8 +209,10 @@ void add_eval_command(CLI::App& app) {
     } else {
       std::string pos;
       for (size_t i = 0; i < by_pos.size(); ++i) pos += fmt::format("{}{:.4f}", i ? " " : "", by_pos[i]);
-      fmt::print("eval {}: {} windows, {} targets | loss {:.4f} | ppl {:.2f}{} | {:.1f} s\n",
-                 im.dir.empty() ? im.weights : im.dir, windows_done, total.targets, loss, std::exp(loss),
+      const double ppl = std::exp(loss);
+      fmt::print("eval {}: {} windows, {} targets | loss {:.4f} | ppl {}{} | {:.1f} s\n",
+                 im.dir.empty() ? im.weights : im.dir, windows_done, total.targets, loss,
+                 ppl < 1e6 ? fmt::format("{:.2f}", ppl) : fmt::format("{:.3e}", ppl),
                  mc.is_block() ? " | loss by position in block " + pos : "", timer.seconds());
     }
   });

@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -53,9 +54,17 @@ void add_generate_command(CLI::App& app) {
                                      "file with --config)")
       ->required();
   cmd->add_option("--config", a->config, "config describing the weights (default: the checkpoint's config.yaml)");
-  cmd->add_option("--prompt", a->prompts, "prompt text; repeat for a batch");
+  // One value per --prompt / --prompt-ids: what follows is an override or another option, never a
+  // second prompt.
+  cmd->add_option("--prompt", a->prompts, "prompt text; repeat for a batch")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--prompt-file", a->prompt_file, "file with one prompt per line (added to the batch)");
-  cmd->add_option("--prompt-ids", a->prompt_ids, "a prompt as token ids ('1 2 3' or '1,2,3'); repeatable");
+  cmd->add_option("--prompt-ids", a->prompt_ids, "a prompt as token ids ('1 2 3' or '1,2,3'); repeatable")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate per prompt");
   cmd->add_option("--temperature", a->temperature, "softmax temperature (<= 0: greedy)");
   cmd->add_option("--top-k", a->top_k, "sample among the k most likely tokens (0: all)");
@@ -70,6 +79,17 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--naive", a->naive, "recompute the full sequence for every token (slow; for checking the caches)");
   cmd->add_option("overrides", a->overrides, "config overrides section.key=value");
   cmd->callback([a] {
+    // The options first, before minutes of loading.
+    BT_CHECK(a->max_new_tokens >= 0, "--max-new-tokens must be >= 0 (got ", a->max_new_tokens, ")");
+    BT_CHECK(std::isfinite(a->temperature), "--temperature must be a finite number (got ", a->temperature,
+             "); 0 or less means greedy");
+    BT_CHECK(std::isfinite(a->top_p) && a->top_p > 0 && a->top_p <= 1, "--top-p must be in (0, 1] (got ", a->top_p,
+             ")");
+    BT_CHECK(a->top_k >= 0, "--top-k must be >= 0 (0: no limit; got ", a->top_k, ")");
+    BT_CHECK(a->eos_id >= -2, "--eos-id must be a token id, or -1 for none (got ", a->eos_id, ")");
+    for (const auto& o : a->overrides)
+      BT_CHECK(o.find('=') != std::string::npos, "'", o, "' is neither an option nor a section.key=value override (a "
+               "prompt needs --prompt before it)");
     std::vector<std::string> texts = a->prompts;
     if (!a->prompt_file.empty()) {
       std::ifstream f(a->prompt_file);
@@ -129,7 +149,10 @@ void add_generate_command(CLI::App& app) {
       fmt::print("=== sample {} ({} prompt tokens, {} new{}) ===\n", i + 1, prompts[i].size(), out[i].size(),
                  eos[i] ? ", stopped at EOS" : "");
       if (tok) {
-        fmt::print("{}{}\n", i < texts.size() ? texts[i] : tok->decode(prompts[i]), tok->decode(out[i]));
+        // The continuation is decoded together with the prompt (a tokenizer may join the two, e.g.
+        // SentencePiece's word-initial space) and printed after the prompt's own text.
+        fmt::print("{}{}\n", i < texts.size() ? texts[i] : tok->decode(prompts[i]),
+                   decode_continuation(*tok, prompts[i], out[i]));
       }
       if (a->print_ids || !tok) {
         std::string s;

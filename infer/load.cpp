@@ -2,6 +2,8 @@
 #include "infer/load.h"
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -40,6 +42,8 @@ InferenceModel open_inference_model(const std::string& ckpt, const std::string& 
     r.dir = resolve_checkpoint(ckpt);
     r.weights = (fs::path(r.dir) / "model.safetensors").string();
     BT_CHECK(fs::exists(r.weights), "checkpoint ", r.dir, " has no model.safetensors");
+    if (!verify_checkpoint(r.dir))
+      log_warn("checkpoint {} has no checksums.json (written by an older bt): its files are not verified", r.dir);
     r.config = config_path.empty() ? load_config((fs::path(r.dir) / "config.yaml").string(), overrides)
                                    : load_config(config_path, overrides);
   }
@@ -65,6 +69,18 @@ void load_inference_weights(InferenceModel& r, int max_batch) {
   std::vector<float> flat(r.model->table().total(), 0.f);
   r.ignored = load_weights(r.weights, r.model->table(), flat.data());
   r.model->set_params(flat.data(), DType::f32);
+}
+
+std::string checkpoint_tokenizer_name(const InferenceModel& m) {
+  const fs::path p = fs::path(m.dir) / "tokenizer.json";
+  std::error_code ec;
+  if (m.dir.empty() || !fs::exists(p, ec)) return "";
+  std::ifstream in(p);
+  try {
+    return nlohmann::json::parse(in).value("name", std::string());
+  } catch (const nlohmann::json::exception&) {
+    BT_FAIL(p.string(), ": not valid JSON: the checkpoint is damaged");
+  }
 }
 
 namespace {

@@ -23,7 +23,7 @@ struct InferenceModel {
 };
 
 // ckpt: a checkpoint directory / latest link / run directory, or a .safetensors file (then
-// config_path is required). config_path, when given, overrides the checkpoint's config.yaml.
+// config_path is required). A checkpoint's files are verified against its checksums.json. config_path, when given, overrides the checkpoint's config.yaml.
 // device: auto | cpu | cuda. max_batch: 0 for cached decoding only, else the micro batch of
 // Model::forward (eval, naive generation).
 InferenceModel load_inference_model(const std::string& ckpt, const std::string& config_path,
@@ -42,6 +42,10 @@ void load_inference_weights(InferenceModel& m, int max_batch);
 // was trained on. Returns null when none is found (or the data holds bare token ids). A tokenizer
 // whose vocabulary is larger than model.vocab_size is refused, naming it.
 std::unique_ptr<Tokenizer> find_tokenizer(const InferenceModel& m, const std::string& spec);
+
+// The name ("byte", "spm:<sha256>", ...) in the checkpoint directory's tokenizer.json: the
+// tokenizer of the data it was trained on. "" for a bare weights file or when it has none.
+std::string checkpoint_tokenizer_name(const InferenceModel& m);
 
 // "a, b, c (and N more)"
 std::string summarize_names(const std::vector<std::string>& names, size_t max_shown = 6);
