@@ -24,7 +24,7 @@ if [ -n "${HOSTFILE:-}" ]; then args+=(--hostfile "$HOSTFILE"); fi
 # Export what the ranks need. NCCL_SOCKET_IFNAME / NCCL_IB_HCA pick the network; NCCL_DEBUG=INFO
 # prints the topology NCCL found; NCCL_ASYNC_ERROR_HANDLING=1 makes a dead peer an error, not a hang.
 for v in NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_IB_DISABLE NCCL_P2P_DISABLE NCCL_NET_GDR_LEVEL \
-         NCCL_ASYNC_ERROR_HANDLING NCCL_TIMEOUT_S OMP_NUM_THREADS CUDA_VISIBLE_DEVICES LD_LIBRARY_PATH PATH; do
+         NCCL_ASYNC_ERROR_HANDLING NCCL_TIMEOUT_S BT_MPI_TIMEOUT_S OMP_NUM_THREADS CUDA_VISIBLE_DEVICES LD_LIBRARY_PATH PATH; do
   if [ -n "${!v:-}" ]; then args+=(-x "$v"); fi
 done
 if [ "$(id -u)" -eq 0 ]; then args+=(--allow-run-as-root); fi

@@ -1,14 +1,23 @@
 // The MPI communicator: collectives over host buffers (the CPU backend's data parallelism, and
 // the bootstrap channel for NCCL). MPI errors are returned, not fatal inside MPI, so that a
 // failed collective becomes a one-line message naming the rank; mpirun then ends the others.
+// A rank that stops without dying (SIGSTOP, a hung file system, a deadlock) raises no MPI error:
+// the others would spin in their collective forever. A watchdog thread therefore ends the job
+// when a blocking MPI call of this rank has not returned after BT_MPI_TIMEOUT_S seconds
+// (default 600; 0 turns it off), as the NCCL communicator's watchdog does for NCCL_TIMEOUT_S.
 #ifdef BT_HAVE_MPI
 #include <mpi.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -53,6 +62,74 @@ void divide_any(Tensor t, int w) {
   else BT_FAIL("MPI communicator: average of dtype ", dtype_name(t.dtype));
 }
 
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Ends the job when one blocking MPI call of this rank lasts longer than the timeout. The thread
+// wakes a few times per timeout; begin/end are two atomic stores, so collectives cost nothing more.
+class MpiWatchdog {
+ public:
+  MpiWatchdog() {
+    const char* e = std::getenv("BT_MPI_TIMEOUT_S");
+    timeout_s_ = e ? std::atof(e) : 600.0;
+    if (!(timeout_s_ > 0)) return;  // 0 (or junk): off
+    const double poll = std::min(1.0, std::max(0.02, timeout_s_ / 10));
+    thread_ = std::thread([this, poll] { loop(poll); });
+  }
+  ~MpiWatchdog() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void set_rank(int r) { rank_ = r; }
+  void begin(const char* what) {
+    what_.store(what, std::memory_order_relaxed);
+    since_ns_.store(now_ns(), std::memory_order_release);
+  }
+  void end() { since_ns_.store(0, std::memory_order_release); }
+
+  struct Scope {
+    Scope(MpiWatchdog& w, const char* what) : w_(w) { w_.begin(what); }
+    ~Scope() { w_.end(); }
+    MpiWatchdog& w_;
+  };
+
+ private:
+  void loop(double poll) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::duration<double>(poll));
+      const int64_t since = since_ns_.load(std::memory_order_acquire);
+      if (stop_ || since == 0 || double(now_ns() - since) * 1e-9 <= timeout_s_) continue;
+      std::fflush(stdout);
+      std::fprintf(stderr,
+                   "error: rank %d: MPI %s did not complete within %g s: another rank stopped or hangs (SIGSTOP, a "
+                   "hung file system, a deadlock; see its log) and would keep this job waiting forever; ending the "
+                   "job (BT_MPI_TIMEOUT_S sets the limit)\n",
+                   rank_, what_.load(), timeout_s_);
+      std::fflush(stderr);
+      // Called from this thread while the main one waits inside MPI: Open MPI's abort only signals
+      // the launcher, which ends every rank (the stopped one too). Should it return, exit anyway.
+      MPI_Abort(MPI_COMM_WORLD, 1);
+      std::_Exit(1);
+    }
+  }
+  double timeout_s_ = 600;
+  int rank_ = -1;
+  std::atomic<const char*> what_{""};
+  std::atomic<int64_t> since_ns_{0};
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+};
+
 class MpiComm final : public Communicator {
  public:
   MpiComm() {
@@ -74,6 +151,7 @@ class MpiComm final : public Communicator {
     MPI_Comm_rank(local, &local_rank_);
     MPI_Comm_free(&local);
     set_log_rank(rank_);
+    watchdog_.set_rank(rank_);
   }
   ~MpiComm() override {
     // Unwinding from an error on this rank: MPI_Finalize would wait for ranks that wait for this
@@ -81,7 +159,10 @@ class MpiComm final : public Communicator {
     if (std::uncaught_exceptions() > 0) return;
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) MPI_Finalize();
+    if (!finalized) {
+      MpiWatchdog::Scope w(watchdog_, "MPI_Finalize");  // it waits for the other ranks too
+      MPI_Finalize();
+    }
   }
   std::string name() const override { return "mpi"; }
   int rank() const override { return rank_; }
@@ -90,6 +171,7 @@ class MpiComm final : public Communicator {
 
   void all_reduce(Tensor t, ReduceOp op) override {
     check_host(t);
+    MpiWatchdog::Scope w(watchdog_, "all_reduce");
     BT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data, static_cast<int>(t.numel()), mpi_type(t.dtype), MPI_SUM,
                                MPI_COMM_WORLD));
     if (op == ReduceOp::avg) divide_any(t, world_);
@@ -98,6 +180,7 @@ class MpiComm final : public Communicator {
     check_host(out);
     check_host(in);
     BT_CHECK(in.numel() == out.numel() * static_cast<size_t>(world_), "reduce_scatter: in must be world x out");
+    MpiWatchdog::Scope w(watchdog_, "reduce_scatter");
     if (out.data == static_cast<char*>(in.data) + size_t(rank_) * out.bytes()) {
       // In place: MPI's in-place form leaves the result at the start of the buffer.
       BT_MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, in.data, static_cast<int>(out.numel()),
@@ -114,6 +197,7 @@ class MpiComm final : public Communicator {
     check_host(in);
     BT_CHECK(out.numel() == in.numel() * static_cast<size_t>(world_), "all_gather: out must be world x in");
     const bool in_place = in.data == static_cast<char*>(out.data) + size_t(rank_) * in.bytes();
+    MpiWatchdog::Scope w(watchdog_, "all_gather");
     BT_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : in.data, static_cast<int>(in.bytes()), MPI_BYTE, out.data,
                                static_cast<int>(in.bytes()), MPI_BYTE, MPI_COMM_WORLD));
   }
@@ -121,8 +205,12 @@ class MpiComm final : public Communicator {
     check_host(t);
     broadcast_host(t.data, t.bytes(), root);
   }
-  void barrier() override { BT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  void barrier() override {
+    MpiWatchdog::Scope w(watchdog_, "barrier");
+    BT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+  }
   void all_reduce_host(double* x, size_t n, ReduceOp op) override {
+    MpiWatchdog::Scope w(watchdog_, "all_reduce (host)");
     BT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, x, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
     if (op == ReduceOp::avg)
       for (size_t i = 0; i < n; ++i) x[i] /= world_;
@@ -130,16 +218,19 @@ class MpiComm final : public Communicator {
   void broadcast_host(void* p, size_t bytes, int root) override {
     char* c = static_cast<char*>(p);
     const size_t chunk = size_t(1) << 30;
+    MpiWatchdog::Scope w(watchdog_, "broadcast");
     for (size_t off = 0; off < bytes; off += chunk) {
       const int n = static_cast<int>(std::min(chunk, bytes - off));
       BT_MPI_CHECK(MPI_Bcast(c + off, n, MPI_BYTE, root, MPI_COMM_WORLD));
     }
   }
   void all_gather_host_u64(uint64_t x, uint64_t* out) override {
+    MpiWatchdog::Scope w(watchdog_, "all_gather (host)");
     BT_MPI_CHECK(MPI_Allgather(&x, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T, MPI_COMM_WORLD));
   }
   void all_gather_host(void* out, const void* in, size_t bytes) override {
     BT_CHECK(bytes < (size_t(1) << 31), "all_gather_host: ", bytes, " bytes per rank is too large for one MPI call");
+    MpiWatchdog::Scope w(watchdog_, "all_gather (host)");
     BT_MPI_CHECK(MPI_Allgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE,
                                MPI_COMM_WORLD));
   }
@@ -151,6 +242,7 @@ class MpiComm final : public Communicator {
     pending_.push_back({req, t, op});
   }
   void wait_all() override {
+    MpiWatchdog::Scope w(watchdog_, "all_reduce (bucketed)");
     for (Pending& p : pending_) {
       BT_MPI_CHECK(MPI_Wait(&p.req, MPI_STATUS_IGNORE));
       if (p.op == ReduceOp::avg) divide_any(p.t, world_);
@@ -163,6 +255,7 @@ class MpiComm final : public Communicator {
     BT_CHECK(t.device == Device::cpu, "the MPI communicator reduces host buffers; use NCCL for device buffers");
   }
   int rank_ = 0, world_ = 1, local_rank_ = 0;
+  MpiWatchdog watchdog_;
   struct Pending {
     MPI_Request req;
     Tensor t;
