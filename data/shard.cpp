@@ -291,9 +291,11 @@ OpenShard open_shard(const std::string& path) {
   s.offsets = open_1d(s.file.get(), "doc_offsets", in.documents, what);
   check_allocated(s.offsets.get(), in.documents, "doc_offsets", what);
   {
+    // With the sec2 (POSIX) driver, HDF5's handle is a pointer to its file descriptor.
+    Handle fapl(H5Fget_access_plist(s.file.get()), H5Pclose);
     void* handle = nullptr;
-    if (H5Fget_vfd_handle(s.file.get(), H5P_DEFAULT, &handle) >= 0 && handle &&
-        H5Fget_eoa(s.file.get(), &s.eoa) >= 0)
+    if (fapl.valid() && H5Pget_driver(fapl.get()) == H5FD_SEC2 &&
+        H5Fget_vfd_handle(s.file.get(), H5P_DEFAULT, &handle) >= 0 && handle && H5Fget_eoa(s.file.get(), &s.eoa) >= 0)
       s.fd = *static_cast<int*>(handle);
     else
       last_error();  // another driver: no size check

@@ -526,7 +526,8 @@ void Trainer::run() {
     BT_CHECK(step_ == t.steps, "the checkpoint is at step ", step_, ", past train.steps = ", t.steps,
              ": raise train.steps (e.g. train.steps=", 2 * step_, ") to continue training, or resume an earlier "
              "checkpoint");
-    if (step_ > 0) log_info("the run is already at train.steps = {}: nothing to train (raise train.steps to go on)", step_);
+    if (step_ > 0 && !topt_.quiet)
+      log_info("the run is already at train.steps = {}: nothing to train (raise train.steps to go on)", step_);
   }
   while (step_ < t.steps) {
     const bool by_signal = stop_now();
