@@ -23,6 +23,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "core/checksum.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -418,7 +419,8 @@ class UnitWriter {
                {"tokens", train_.tokens()},
                {"documents", train_.documents()},
                {"bytes", bytes},
-               {"sha256", sha256_file(train_.path())}};
+               {"sha256", sha256_file(train_.path())},
+               {"xxh3", xxh3_file(train_.path())}};
     }
     r.state = {{"unit", k_},
                {"source_tokens", source_},
@@ -640,7 +642,8 @@ std::vector<json> write_gathered(const fs::path& out, const fs::path& work, cons
                       {"tokens", cur->tokens()},
                       {"documents", cur->documents()},
                       {"bytes", bytes},
-                      {"sha256", sha256_file(cur->path())}});
+                      {"sha256", sha256_file(cur->path())},
+                      {"xxh3", xxh3_file(cur->path())}});
     cur.reset();
   };
   for (uint64_t k : units) {
@@ -849,6 +852,7 @@ ImportSummary run_import(const ImportOptions& opt) {
     }
     json e = {{"file", name}, {"split", "train"}};
     for (const char* f : {"tokens", "documents", "bytes", "sha256"}) e[f] = tr[f];
+    if (tr.contains("xxh3")) e["xxh3"] = tr["xxh3"];  // the checksum the loaders verify (data/manifest.h)
     shards.push_back(e);
   }
   if (!shards.empty()) fsync_path(out.string());

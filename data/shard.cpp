@@ -209,14 +209,30 @@ void check_intact(const OpenShard& s, const std::string& what) {
 }
 
 // A dataset whose space is not allocated in full (chunks never written: an interrupted or
-// foreign writer) would read as fill values.
+// foreign writer) would read as fill values. For a chunked dataset every chunk of its extent
+// must be stored (H5Dget_space_status is no help there: it compares bytes, so a partial last
+// chunk reads as "partly allocated"); other layouts must be allocated.
 void check_allocated(hid_t ds, uint64_t len, const char* name, const std::string& what) {
   if (len == 0) return;
+  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
+  BT_CHECK(dcpl.valid(), what, ": cannot read the layout of /", name, " (", last_error(), ")");
+  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED) {
+    hsize_t chunk[1] = {0};
+    hsize_t stored = 0;
+    Handle space(H5Dget_space(ds), H5Sclose);
+    BT_CHECK(space.valid() && H5Pget_chunk(dcpl.get(), 1, chunk) == 1 && chunk[0] > 0 &&
+                 H5Dget_num_chunks(ds, space.get(), &stored) >= 0,
+             what, ": cannot read the chunks of /", name, " (", last_error(), ")");
+    const uint64_t want = (len + chunk[0] - 1) / chunk[0];
+    BT_CHECK(stored == want, what, ": /", name, " is not completely written (", stored, " of its ", want,
+             " chunks are stored; an interrupted writer?)");
+    return;
+  }
   H5D_space_status_t status;
   BT_CHECK(H5Dget_space_status(ds, &status) >= 0, what, ": cannot query the storage of /", name, " (", last_error(),
            ")");
-  BT_CHECK(status == H5D_SPACE_STATUS_ALLOCATED, what, ": /", name,
-           " is not completely written (some of its chunks were never stored; an interrupted writer?)");
+  BT_CHECK(status == H5D_SPACE_STATUS_ALLOCATED, what, ": /", name, " is not completely written (an interrupted "
+           "writer?)");
 }
 
 // 1-D dataset `name`, its length; fails naming the shard when absent or not 1-D integer.
