@@ -298,7 +298,10 @@ TEST_F(ReliabilityCli, GenerateEvalAndBenchOptions) {
   // A prompt longer than the context: refused at once.
   r = run_bt("bench infer" + config() + "--prefill-heavy 300:10 --settings prefill --batch 1");
   EXPECT_EQ(r.rc, 1) << r.out;
-  EXPECT_HAS(error_line(r), "exceed model.context_length 256");
+  EXPECT_HAS(error_line(r), "the prompt of 300 tokens exceeds model.context_length 256");
+  r = run_bt("bench infer" + config() + "--decode-heavy 4:300 --settings decode --batch 1");
+  EXPECT_EQ(r.rc, 1) << r.out;
+  EXPECT_HAS(error_line(r), "300 generated tokens exceed model.context_length 256");
 }
 
 TEST(DecodeContinuation, SentencePieceSpaceBetweenPromptAndContinuation) {
