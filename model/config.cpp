@@ -672,12 +672,34 @@ std::string fmt_decoder(const DecoderConfig& d, bool token) {
 
 bool is_zero(const DecoderConfig& d) { return d == DecoderConfig{}; }
 
-}  // namespace
+// Runs f, keeping its errors on one line: a value or an override quoted in a message may carry
+// line breaks (a block scalar, a quoted "\n", an override with a newline); they are shown
+// escaped.
+template <class F>
+auto with_one_line_errors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    auto control = [](unsigned char ch) { return (ch < 0x20 && ch != '\t') || ch == 0x7f; };
+    if (std::none_of(m.begin(), m.end(), [&](char ch) { return control(static_cast<unsigned char>(ch)); })) throw;
+    std::string out;
+    for (unsigned char ch : m) {
+      if (ch == '\n')
+        out += "\\n";
+      else if (ch == '\r')
+        out += "\\r";
+      else if (control(ch))
+        out += fmt::format("\\x{:02x}", ch);
+      else
+        out += static_cast<char>(ch);
+    }
+    throw Error(out, e.file(), e.line());
+  }
+}
 
-// ---- public API -----------------------------------------------------------------------------
-
-Config parse_config(const std::string& yaml_text, const std::string& path,
-                    const std::vector<std::string>& overrides) {
+Config parse_config_impl(const std::string& yaml_text, const std::string& path,
+                         const std::vector<std::string>& overrides) {
   Origin origin;
   origin.file = path;
   YAML::Node root;
@@ -714,6 +736,15 @@ Config parse_config(const std::string& yaml_text, const std::string& path,
   return c;
 }
 
+}  // namespace
+
+// ---- public API -----------------------------------------------------------------------------
+
+Config parse_config(const std::string& yaml_text, const std::string& path,
+                    const std::vector<std::string>& overrides) {
+  return with_one_line_errors([&] { return parse_config_impl(yaml_text, path, overrides); });
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) BT_FAIL("config file '", path, "' not found");
@@ -725,8 +756,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 void validate(const Config& c) {
-  validate_impl(
-      c, [&](const std::vector<std::string>&) { return c.source.empty() ? std::string() : c.source + ": "; });
+  with_one_line_errors([&] {
+    validate_impl(
+        c, [&](const std::vector<std::string>&) { return c.source.empty() ? std::string() : c.source + ": "; });
+  });
 }
 
 std::string to_yaml(const Config& c) {

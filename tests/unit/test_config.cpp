@@ -389,6 +389,19 @@ TEST(Config, BadOverrides) {
                   "override 'train.micro_batch=3': train.global_batch (8) must be divisible");
 }
 
+// Values quoted in messages may hold line breaks (found by tests/fuzz/fuzz_config.cpp); the
+// message stays one line, with them escaped.
+TEST(Config, MessagesQuotingLineBreaksStayOneLine) {
+  EXPECT_EQ(parse_error(kBlock, {"model.foo\nbar=3"}), "override 'model.foo\\nbar=3': unknown key 'model.foo\\nbar'");
+  EXPECT_EQ(parse_error(with("  block_length: 4\n", "  block_length: |\n    4\n    5\n")),
+            "x.yaml:6: model.block_length: expected an integer, got '4\\n5\\n'");
+  EXPECT_EQ(parse_error(with("kind: block", "kind: \"blo\\r\\nck\\x01\"")),
+            "x.yaml:3: model.kind must be one of block | vanilla (got 'blo\\r\\nck\\x01')");
+  Config c = parse(kBlock);
+  c.train.device = "cpu\ngpu";
+  EXPECT_EQ(error_of([&] { bt::validate(c); }), "x.yaml: train.device must be one of auto | cpu | cuda (got 'cpu\\ngpu')");
+}
+
 // ---- to_yaml, hash --------------------------------------------------------------------------
 
 TEST(Config, RoundTripEveryFieldChanged) {
