@@ -112,8 +112,11 @@ bool read_string_attr(hid_t obj, const char* name, std::string& value, const std
   } else {
     size_t size = H5Tget_size(ftype.get());
     BT_CHECK(size > 0, what, ": attribute ", name, " has an invalid string size");
-    BT_CHECK(H5Tset_size(mtype.get(), size) >= 0, what, ": H5Tset_size failed");
-    std::vector<char> buf(size + 1, '\0');
+    // One byte more than the file's size: the memory type is null-terminated, and a
+    // null-padded string that fills its size (h5py's np.bytes_) would otherwise lose its last
+    // character in the conversion.
+    BT_CHECK(H5Tset_size(mtype.get(), size + 1) >= 0, what, ": H5Tset_size failed");
+    std::vector<char> buf(size + 2, '\0');
     BT_CHECK(H5Aread(attr.get(), mtype.get(), buf.data()) >= 0, what, ": cannot read attribute ",
              name, " (", last_error(), ")");
     value.assign(buf.data());  // stops at the first NUL (null-padded fixed strings)

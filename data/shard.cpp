@@ -253,6 +253,46 @@ Handle open_1d(hid_t file, const char* name, uint64_t& len, const std::string& w
   return ds;
 }
 
+// The largest HDF5 chunk a shard may use: HDF5 allocates a whole chunk to read any part of it,
+// so a damaged layout claiming a huge chunk would make a small file allocate gigabytes. The
+// writer uses kShardChunkElems x 4 bytes = 4 MiB.
+constexpr uint64_t kMaxChunkBytes = uint64_t(64) << 20;
+
+// Checks that the n elements of 1-D dataset `name` (elements of elem_bytes in the file) are
+// stored in the file itself, so that no read returns fill values (zeros) for missing data:
+// contiguous, chunked or compact layout, no external files; contiguous storage of at least
+// n x elem_bytes bytes; for chunks, a sane chunk size and every chunk of the extent allocated.
+// (H5Dget_space_status cannot say this: it compares byte counts, so a partial last chunk or
+// compression reads as "partly allocated".)
+void check_storage(hid_t ds, uint64_t n, size_t elem_bytes, const char* name, const std::string& what) {
+  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
+  BT_CHECK(dcpl.valid(), what, ": cannot read the storage properties of /", name, " (", last_error(), ")");
+  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+  BT_CHECK(layout == H5D_CONTIGUOUS || layout == H5D_CHUNKED || layout == H5D_COMPACT, what, ": /", name,
+           " has an unsupported storage layout (", int(layout), "); shards keep their data in the file itself");
+  BT_CHECK(H5Pget_external_count(dcpl.get()) == 0, what, ": /", name,
+           " keeps its data in external files; shards must hold their own data");
+  if (layout == H5D_CONTIGUOUS && n > 0) {
+    const uint64_t stored = H5Dget_storage_size(ds);
+    BT_CHECK(stored / elem_bytes >= n, what, ": /", name, " has ", n, " elements of ", elem_bytes,
+             " bytes but only ", stored, " bytes are stored in the file (truncated or damaged shard)");
+  } else if (layout == H5D_CHUNKED) {
+    hsize_t chunk[1] = {0};
+    BT_CHECK(H5Pget_chunk(dcpl.get(), 1, chunk) == 1 && chunk[0] > 0, what, ": /", name,
+             " has a damaged chunk layout (", last_error(), ")");
+    BT_CHECK(chunk[0] <= kMaxChunkBytes / elem_bytes, what, ": /", name, " uses chunks of ", chunk[0],
+             " elements (", chunk[0] * elem_bytes, " bytes); the largest supported is ", kMaxChunkBytes,
+             " bytes (damaged file?)");
+    hsize_t allocated = 0;
+    Handle space(H5Dget_space(ds), H5Sclose);  // all of the extent selected
+    BT_CHECK(space.valid() && H5Dget_num_chunks(ds, space.get(), &allocated) >= 0, what, ": cannot read the chunk index of /", name,
+             " (truncated or damaged shard) (", last_error(), ")");
+    const uint64_t needed = n / chunk[0] + (n % chunk[0] != 0);
+    BT_CHECK(allocated >= needed, what, ": /", name, " has ", n, " elements but only ", allocated, " of its ",
+             needed, " chunks are stored in the file (truncated or damaged shard)");
+  }
+}
+
 OpenShard open_shard(const std::string& path) {
   h5::init();
   const std::string what = shard_what(path);
@@ -317,12 +357,15 @@ OpenShard open_shard(const std::string& path) {
       last_error();  // another driver: no size check
   }
   Handle otype(H5Dget_type(s.offsets.get()), H5Tclose);
-  BT_CHECK(otype.valid() && H5Tget_class(otype.get()) == H5T_INTEGER, what,
-           ": /doc_offsets must hold integers");
+  const size_t osize = otype.valid() ? H5Tget_size(otype.get()) : 0;
+  BT_CHECK(otype.valid() && H5Tget_class(otype.get()) == H5T_INTEGER && osize >= 1 && osize <= 8, what,
+           ": /doc_offsets must hold integers of at most 64 bits");
   BT_CHECK((in.tokens == 0) == (in.documents == 0), what, ": ", in.tokens, " tokens but ",
            in.documents, " documents");
   BT_CHECK(in.documents <= in.tokens, what, ": more documents (", in.documents, ") than tokens (",
            in.tokens, ")");
+  check_storage(s.tokens.get(), in.tokens, tsize, "tokens", what);
+  check_storage(s.offsets.get(), in.documents, osize, "doc_offsets", what);
   return s;
 }
 

@@ -484,3 +484,119 @@ TEST(Shards, LoaderChecksModelVocab) {
   Loader l(s, o);
   EXPECT_EQ(l.next().micro.size(), 2u);
 }
+
+// What the shard fuzzer (tests/fuzz/fuzz_shard.cpp) found, and what h5py writes: every layout
+// below is built with the HDF5 API and must load exactly or fail with one line, without reading
+// fill values for missing data or allocating what a damaged header claims.
+TEST(Shards, StorageAndAttributeLayouts) {
+  TempDir tmp;
+  // opts: fixed-length null-padded strings (h5py's np.bytes_), /doc_offsets element bytes,
+  // /tokens chunk elements (0: contiguous), tokens actually written, an external data file.
+  struct Layout {
+    bool fixed_strings = false;
+    size_t offsets_bytes = 8;
+    hsize_t chunk = 0;
+    hsize_t written = ~hsize_t(0);
+    std::string external = "";
+  };
+  const std::vector<uint16_t> toks = {104, 105, 256, 33, 256};
+  const std::vector<uint64_t> offs = {0, 3};
+  auto write = [&](const std::string& path, const Layout& l) {
+    hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    auto str_attr = [&](const char* name, const std::string& v) {
+      hid_t t = H5Tcopy(H5T_C_S1);
+      if (l.fixed_strings) {
+        H5Tset_size(t, v.size());  // exactly the characters, no terminator
+        H5Tset_strpad(t, H5T_STR_NULLPAD);
+      } else {
+        H5Tset_size(t, H5T_VARIABLE);
+      }
+      hid_t s = H5Screate(H5S_SCALAR);
+      hid_t a = H5Acreate2(f, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+      const char* p = v.c_str();
+      H5Awrite(a, t, l.fixed_strings ? static_cast<const void*>(p) : static_cast<const void*>(&p));
+      H5Aclose(a);
+      H5Sclose(s);
+      H5Tclose(t);
+    };
+    auto int_attr = [&](const char* name, int64_t v) {
+      hid_t s = H5Screate(H5S_SCALAR);
+      hid_t a = H5Acreate2(f, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+      H5Awrite(a, H5T_NATIVE_INT64, &v);
+      H5Aclose(a);
+      H5Sclose(s);
+    };
+    str_attr("format", "bt-tokens");
+    int_attr("version", 1);
+    int_attr("vocab_size", 257);
+    int_attr("eos_id", 256);
+    str_attr("tokenizer", "spm:0123");
+    // /tokens
+    hsize_t n = toks.size(), maxn = H5S_UNLIMITED;
+    hid_t s = H5Screate_simple(1, &n, l.chunk ? &maxn : nullptr);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (l.chunk) H5Pset_chunk(dcpl, 1, &l.chunk);
+    if (!l.external.empty()) H5Pset_external(dcpl, l.external.c_str(), 0, n * 2);
+    hid_t d = H5Dcreate2(f, "tokens", H5T_STD_U16LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ASSERT_GE(d, 0);
+    const hsize_t w = std::min<hsize_t>(l.written, n);
+    if (w > 0) {
+      hsize_t start = 0;
+      hid_t fs = H5Dget_space(d), ms = H5Screate_simple(1, &w, nullptr);
+      H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nullptr, &w, nullptr);
+      ASSERT_GE(H5Dwrite(d, H5T_NATIVE_UINT16, ms, fs, H5P_DEFAULT, toks.data()), 0);
+      H5Sclose(ms);
+      H5Sclose(fs);
+    }
+    H5Dclose(d);
+    H5Pclose(dcpl);
+    H5Sclose(s);
+    // /doc_offsets
+    hid_t ot = H5Tcopy(H5T_STD_U64LE);
+    H5Tset_precision(ot, 64);
+    H5Tset_size(ot, l.offsets_bytes);
+    n = offs.size();
+    s = H5Screate_simple(1, &n, nullptr);
+    d = H5Dcreate2(f, "doc_offsets", ot, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(d, 0);
+    ASSERT_GE(H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offs.data()), 0);
+    H5Dclose(d);
+    H5Sclose(s);
+    H5Tclose(ot);
+    H5Fclose(f);
+  };
+  auto expect_loads = [&](const std::string& path) {
+    std::vector<int32_t> t;
+    std::vector<uint64_t> o;
+    ShardInfo in = read_shard(path, t, o);
+    EXPECT_EQ(in.tokenizer, "spm:0123");
+    EXPECT_EQ(t, std::vector<int32_t>(toks.begin(), toks.end()));
+    EXPECT_EQ(o, offs);
+  };
+
+  write(tmp / "plain.h5", {});
+  expect_loads(tmp / "plain.h5");
+  write(tmp / "chunked.h5", {.chunk = 2});
+  expect_loads(tmp / "chunked.h5");
+  // h5py's fixed-length strings used to lose their last character ("bt-token").
+  write(tmp / "fixed.h5", {.fixed_strings = true});
+  expect_loads(tmp / "fixed.h5");
+
+  // Only the first chunk of /tokens written: the rest would read as fill values (zeros).
+  write(tmp / "unallocated.h5", {.chunk = 2, .written = 2});
+  expect_error([&] { read_shard_info(tmp / "unallocated.h5"); },
+               {tmp / "unallocated.h5", "/tokens has 5 elements but only 1 of its 3 chunks are stored"});
+  // A chunk larger than any shard writes (HDF5 would allocate it whole to read one element).
+  write(tmp / "hugechunk.h5", {.chunk = hsize_t(1) << 26, .written = 0});
+  expect_error([&] { read_shard_info(tmp / "hugechunk.h5"); },
+               {tmp / "hugechunk.h5", "/tokens uses chunks of 67108864 elements"});
+  // The fuzzer's 1.28 GB allocation: /doc_offsets with integers of ~427 MB each.
+  write(tmp / "wideoffsets.h5", {.offsets_bytes = 16});
+  expect_error([&] { read_shard_info(tmp / "wideoffsets.h5"); },
+               {tmp / "wideoffsets.h5", "/doc_offsets must hold integers of at most 64 bits"});
+  // Data in another file.
+  write_text(tmp / "ext.bin", std::string(10, 'x'));
+  write(tmp / "external.h5", {.external = tmp / "ext.bin"});
+  expect_error([&] { read_shard_info(tmp / "external.h5"); }, {tmp / "external.h5", "external files"});
+}
