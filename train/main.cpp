@@ -4,11 +4,14 @@
 
 #include "core/commands.h"
 #include "core/error.h"
+#include "core/version.h"
 #include "train/comm.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"blockformer: pretrain, evaluate and serve Block Transformers"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("bt ") + bt::version() + " (git " + bt::git_commit() + ")\n" +
+                                        bt::build_info());
   bt::add_train_command(app);
   bt::add_prepare_command(app);
   bt::add_tokenize_command(app);
