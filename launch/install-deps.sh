@@ -1,25 +1,53 @@
 #!/usr/bin/env bash
 # Installs every package blockformer needs to build, test and run on Debian 12 (apt only),
 # and the Python venv (build/venv) that the PyTorch peer tests use. Safe to run again.
+#   launch/install-deps.sh               everything: build, quickstart, tests, fuzzing, the venv
+#   launch/install-deps.sh --build-only  what building and running bt needs (and the quickstart's
+#                                        corpus), no test tools, no Python: launch/quickstart.sh
+#   ... --check                          installs nothing; lists what is missing, exit 1 if anything
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+build_only=0
+check=0
+for arg in "$@"; do
+  case "$arg" in
+    --build-only) build_only=1 ;;
+    --check) check=1 ;;
+    *) echo "usage: $0 [--build-only] [--check]" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES=(
+BUILD_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libopenblas-dev libhdf5-dev hdf5-tools libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+  libopenblas-dev libhdf5-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev libpcre2-dev libicu-dev libssl-dev libxxhash-dev
-  python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch
-  shellcheck bible-kjv
-  slurm-wlm munge
+  bible-kjv
 )
+# Tests: h5dump, the Python peer and reader tests, shellcheck, Slurm (tests/slurm), and clang with
+# its libFuzzer and sanitizer runtimes for the fuzz targets (tests/fuzz).
+TEST_PACKAGES=(
+  hdf5-tools python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch shellcheck
+  slurm-wlm munge
+  clang-14 libclang-rt-14-dev
+)
+PACKAGES=("${BUILD_PACKAGES[@]}")
+if [ "$build_only" -eq 0 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if [ "$check" -eq 1 ]; then
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "missing: ${missing[*]}"
+    exit 1
+  fi
+  exit 0
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   # slurm-wlm and munge are for tests/slurm, which starts its own daemons: their services must not
@@ -35,6 +63,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
 fi
+if [ "$build_only" -eq 1 ]; then exit 0; fi
 
 # The peer tests compare against HF transformers on Debian's torch (1.13): a venv that sees the
 # system packages, with transformers pinned to 4.39.3, the version the official Block Transformer
