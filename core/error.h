@@ -29,6 +29,29 @@ void append(std::ostringstream& os, const A& a, const R&... r) {
 }
 }  // namespace detail
 
+// s with line breaks and other control characters shown escaped (\n, \r, \x01; tabs stay), for
+// quoting input or a library's message inside a one-line error.
+inline std::string one_line(const std::string& s) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    const unsigned char ch = static_cast<unsigned char>(c);
+    if (ch == '\n') {
+      out += "\\n";
+    } else if (ch == '\r') {
+      out += "\\r";
+    } else if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+      out += "\\x";
+      out += hex[ch >> 4];
+      out += hex[ch & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 template <class... A>
 [[noreturn]] void fail_at(const char* file, int line, const A&... parts) {
   std::ostringstream os;

@@ -76,7 +76,7 @@ class SpmTokenizer final : public Tokenizer {
   // `model` is the serialized ModelProto (the .model file's bytes); `origin` names it in errors.
   SpmTokenizer(std::string model, const std::string& origin) : model_(std::move(model)) {
     auto st = sp_.LoadFromSerializedProto(model_);
-    BT_CHECK(st.ok(), "SentencePiece model ", origin, ": cannot load (", st.ToString(), ")");
+    BT_CHECK(st.ok(), "SentencePiece model ", origin, ": cannot load (", one_line(st.ToString()), ")");
     BT_CHECK(sp_.eos_id() >= 0, "SentencePiece model ", origin,
              " has no EOS piece (train it with eos_id >= 0)");
     hash_ = sha256_hex(model_);
@@ -84,7 +84,7 @@ class SpmTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const override {
     std::vector<int> ids;
     auto st = sp_.Encode(text, &ids);
-    BT_CHECK(st.ok(), "SentencePiece encode failed: ", st.ToString());
+    BT_CHECK(st.ok(), "SentencePiece encode failed: ", one_line(st.ToString()));
     return std::vector<int32_t>(ids.begin(), ids.end());
   }
   std::string decode(const std::vector<int32_t>& ids) const override {
@@ -95,7 +95,7 @@ class SpmTokenizer final : public Tokenizer {
       if (id >= 0 && id < v && id != eos) keep.push_back(id);
     std::string out;
     auto st = sp_.Decode(keep, &out);
-    BT_CHECK(st.ok(), "SentencePiece decode failed: ", st.ToString());
+    BT_CHECK(st.ok(), "SentencePiece decode failed: ", one_line(st.ToString()));
     return out;
   }
   int vocab_size() const override { return sp_.GetPieceSize(); }
@@ -221,7 +221,7 @@ std::unique_ptr<Tokenizer> train_spm_tokenizer(const std::vector<std::string>& s
   VectorSentences it(input);
   std::string model;
   auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
-  BT_CHECK(st.ok(), "train-spm:", opt.vocab_size, ": SentencePiece training failed (", st.ToString(), ")");
+  BT_CHECK(st.ok(), "train-spm:", opt.vocab_size, ": SentencePiece training failed (", one_line(st.ToString()), ")");
   return std::make_unique<SpmTokenizer>(std::move(model), "trained in memory");
 }
 

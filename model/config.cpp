@@ -680,21 +680,9 @@ auto with_one_line_errors(F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const Error& e) {
-    const std::string m = e.what();
-    auto control = [](unsigned char ch) { return (ch < 0x20 && ch != '\t') || ch == 0x7f; };
-    if (std::none_of(m.begin(), m.end(), [&](char ch) { return control(static_cast<unsigned char>(ch)); })) throw;
-    std::string out;
-    for (unsigned char ch : m) {
-      if (ch == '\n')
-        out += "\\n";
-      else if (ch == '\r')
-        out += "\\r";
-      else if (control(ch))
-        out += fmt::format("\\x{:02x}", ch);
-      else
-        out += static_cast<char>(ch);
-    }
-    throw Error(out, e.file(), e.line());
+    const std::string m = e.what(), escaped = one_line(m);
+    if (escaped == m) throw;
+    throw Error(escaped, e.file(), e.line());
   }
 }
 

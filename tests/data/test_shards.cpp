@@ -199,6 +199,16 @@ TEST(Tokenizer, ByteAndSpecs) {
   expect_error([] { make_tokenizer("spm:/nonexistent/m.model"); }, {"/nonexistent/m.model", "no such file"});
 }
 
+// A damaged SentencePiece model whose error names a piece holding a line break (found by
+// tests/fuzz/fuzz_spm_model.cpp; the input is its regression seed): still a one-line error.
+TEST(Tokenizer, DamagedSpmModelGivesOneLineError) {
+  const char* src = std::getenv("BT_SOURCE_DIR");
+  const fs::path root = src && *src ? fs::path(src) : fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const std::string model = (root / "tests/fuzz/corpus/spm_model/regress-multiline-status.model").string();
+  ASSERT_TRUE(fs::exists(model)) << model;
+  expect_error([&] { load_spm_tokenizer(model); }, {model, "cannot load", "byte piece \\n"});
+}
+
 TEST(Shards, ByteRoundTrip) {
   TempDir tmp;
   write_text(tmp / "in.txt", kText);
