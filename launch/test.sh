@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 launch/install-deps.sh
 
 JOBS="${JOBS:-2}"
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBT_PYTHON="$PWD/build/venv/bin/python3"
+# BT_FUZZ: the libFuzzer targets (clang, build/release/fuzz), run a few seconds each (ctest -L fuzz).
+cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DBT_PYTHON="$PWD/build/venv/bin/python3" -DBT_FUZZ=ON
 cmake --build build/release -j "$JOBS"
 # mpirun refuses root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
