@@ -141,15 +141,15 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       t.end = v["data_offsets"][1].get<uint64_t>();
       BT_CHECK(t.begin <= t.end && t.end <= data_size, path, ": tensor '", name, "' lies at bytes [", t.begin, ", ",
                t.end, ") but the data section has only ", data_size, " bytes: the file is truncated");
-      uint64_t numel = 1;  // numel * esize must not overflow: the product stays below the file size
-      for (int64_t d : t.shape) {
-        BT_CHECK(d == 0 || numel <= data_size / uint64_t(d), path, ": tensor '", name, "' has shape ",
-                 shape_str(t.shape), ", larger than the whole file");
-        numel *= uint64_t(d);
-      }
-      BT_CHECK(t.end - t.begin == t.numel() * esize, path, ": tensor '", name, "' of shape ", shape_str(t.shape),
-               " and dtype ", t.dtype, " needs ", t.numel() * esize, " bytes but its data_offsets span ",
-               t.end - t.begin);
+      // The byte count of the shape, without wrapping around: [2^32, 2^32] must not pass as 0 bytes.
+      uint64_t bytes = esize;
+      bool too_big = false;
+      for (int64_t d : t.shape) too_big |= __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
+      if (std::count(t.shape.begin(), t.shape.end(), 0) > 0) bytes = 0, too_big = false;  // no data at all
+      BT_CHECK(!too_big, path, ": tensor '", name, "' of shape ", shape_str(t.shape), " and dtype ", t.dtype,
+               " would need more than 2^64 bytes");
+      BT_CHECK(t.end - t.begin == bytes, path, ": tensor '", name, "' of shape ", shape_str(t.shape), " and dtype ",
+               t.dtype, " needs ", bytes, " bytes but its data_offsets span ", t.end - t.begin);
       tensors_.push_back(std::move(t));
     }
     std::sort(tensors_.begin(), tensors_.end(),

@@ -150,6 +150,22 @@ TEST(Safetensors, TruncatedAndCorruptFilesAreOneLineErrors) {
   }
   expect_error([&] { SafetensorsReader r(path); }, {"'x'", "12 bytes"});
   expect_error([&] { SafetensorsReader r(d / "missing.safetensors"); }, {"missing.safetensors"});
+  // Shapes whose byte count wraps around 2^64 (found by tests/fuzz/fuzz_safetensors.cpp's
+  // oracle): [2^32, 2^32] x 4 bytes is not 0 bytes, [2^62, 4] x 4 bytes is not 0 either.
+  auto header_only = [&](const std::string& h) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    const uint64_t hl = h.size();
+    f.write(reinterpret_cast<const char*>(&hl), 8);
+    f << h;
+  };
+  header_only(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})");
+  expect_error([&] { SafetensorsReader r(path); }, {path, "'w'", "[4294967296, 4294967296]", "more than 2^64 bytes"});
+  header_only(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})");
+  expect_error([&] { SafetensorsReader r(path); }, {path, "'w'", "more than 2^64 bytes"});
+  // A zero dimension is no data, however large the others.
+  header_only(R"({"w":{"dtype":"F32","shape":[4611686018427387904,0,9],"data_offsets":[0,0]}})");
+  SafetensorsReader r(path);
+  EXPECT_EQ(r.info("w").numel(), 0u);
 }
 
 TEST(Checkpoint, OfficialNamesAndFileShapes) {
