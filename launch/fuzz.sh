@@ -13,7 +13,8 @@
 #   SECONDS   per target (default 60)
 #   TARGET    config safetensors shard spm_model tokenizer_dir documents (default: all)
 #   --ci      use the fuzzers already built in $BUILD, start from the seeds alone, fixed random
-#             seed (ctest's fuzz.* tests run this way, a few seconds per target)
+#             seed, at most CI_RUNS (5000) executions (ctest's fuzz.* tests run this way, a few
+#             seconds per target)
 # Environment: BUILD (default build/fuzz), OUT (default out/fuzz), JOBS (build jobs, default 2),
 #   FUZZ_ARGS (more libFuzzer flags, e.g. "-jobs=4 -workers=4" on a bigger machine).
 set -euo pipefail
@@ -61,8 +62,10 @@ fi
 # (timeout-*), more than 2 GB of memory or one allocation above 512 MB (oom-*) -- every seed is
 # under 16 kB, so no input should need that much -- or a leak (leak-*).
 flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1)
-# CI runs the same mutations every time (a fixed seed): a failure there is the code's, not luck's.
-if [[ $ci -eq 1 ]]; then flags+=(-seed=1); fi
+# CI runs the same mutations every time: a fixed seed and at most CI_RUNS executions (whichever
+# of SECONDS or CI_RUNS comes first), so a failure there is the code's, not luck's, and replays
+# with `-seed=1 -runs=N` on any machine.
+if [[ $ci -eq 1 ]]; then flags+=(-seed=1 -runs="${CI_RUNS:-5000}"); fi
 
 status=0
 summary=()
