@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <filesystem>
 
 #include "core/error.h"
@@ -147,6 +148,7 @@ void open_megatron(TokenFile& t, const std::string& given) {
   const std::string what = "megatron index '" + t.idx_path + "'";
   const uint8_t* p = t.idx->data();
   const uint64_t n = t.idx->size();
+  BT_CHECK(n > 0, what, ": empty file (an incomplete download or copy?)");
   BT_CHECK(std::memcmp(p, kMegatronMagic, std::min<uint64_t>(n, 9)) == 0, what,
            ": wrong magic (expected \"MMIDIDX\\0\\0\"; not a Megatron/GPT-NeoX index, or the old "
            "non-mmap 'TNTIDX' format)");
@@ -316,20 +318,20 @@ void open_npy(TokenFile& t) {
                shape == "(,)",
            what, ": Fortran-order arrays are not supported");
   // shape: "(N,)" for 1-D.
+  BT_CHECK(shape.size() >= 2 && shape.front() == '(' && shape.back() == ')', what, ": malformed shape '", shape,
+           "' (expected a tuple such as (N,))");
   std::string inner = shape.substr(1, shape.size() - 2);
   while (!inner.empty() && (inner.back() == ' ' || inner.back() == ',')) inner.pop_back();
   BT_CHECK(!inner.empty() && inner.find(',') == std::string::npos, what, ": shape ", shape,
            " is not 1-D (save tokens.reshape(-1))");
-  size_t used = 0;
-  unsigned long long count = 0;
-  try {
-    count = std::stoull(inner, &used);
-  } catch (...) {
-    used = 0;
-  }
-  BT_CHECK(used == inner.size(), what, ": malformed shape ", shape);
-  const uint64_t start = hstart + hlen, need = start + uint64_t(count) * uint64_t(dtype_bytes(t.dtype));
-  BT_CHECK(n >= need, what, ": truncated: ", n, " bytes, but its shape ", shape, " needs ", need);
+  // Digits only: stoull would take "-1" as 2^64 - 1.
+  uint64_t count = 0;
+  const auto [end, ec] = std::from_chars(inner.data(), inner.data() + inner.size(), count);
+  BT_CHECK(ec == std::errc() && end == inner.data() + inner.size(), what, ": malformed shape ", shape);
+  // Without wrapping around: a shape of 2^61 uint64 tokens is not 0 bytes.
+  const uint64_t start = hstart + hlen, item = uint64_t(dtype_bytes(t.dtype));
+  BT_CHECK(count <= (n - start) / item, what, ": truncated: ", n, " bytes, but its shape ", shape, " needs ",
+           count > (UINT64_MAX - start) / item ? std::string("more than 2^64") : std::to_string(start + count * item));
   BT_CHECK(start % uint64_t(dtype_bytes(t.dtype)) == 0, what, ": the data is not aligned to its dtype");
   t.data = p + start;
   t.tokens = count;
@@ -345,11 +347,19 @@ TokenFile open_token_file(const std::string& path, TokenFileFormat format) {
     BT_CHECK(fs::exists(path), "input '", path, "': no such file");
     BT_CHECK(!fs::is_directory(path), "input '", path, "' is a directory; list its files instead");
   }
-  switch (format) {
-    case TokenFileFormat::Megatron: open_megatron(t, path); break;
-    case TokenFileFormat::NanoGpt: open_nanogpt(t); break;
-    case TokenFileFormat::Npy: open_npy(t); break;
-    case TokenFileFormat::Llmc: open_llmc(t); break;
+  // Errors stay one line: a header's dtype or shape quoted in a message may hold line breaks
+  // (found by fuzzing); they are shown escaped.
+  try {
+    switch (format) {
+      case TokenFileFormat::Megatron: open_megatron(t, path); break;
+      case TokenFileFormat::NanoGpt: open_nanogpt(t); break;
+      case TokenFileFormat::Npy: open_npy(t); break;
+      case TokenFileFormat::Llmc: open_llmc(t); break;
+    }
+  } catch (const Error& e) {
+    const std::string m = e.what(), escaped = one_line(m);
+    if (escaped == m) throw;
+    throw Error(escaped, e.file(), e.line());
   }
   return t;
 }

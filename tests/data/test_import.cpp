@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@
 #include "data/progress.h"
 #include "data/shard.h"
 #include "data/shard_append.h"
+#include "data/token_files.h"
 #include "data/token_source.h"
 #include "data/utf8.h"
 #include "model/checkpoint.h"
@@ -154,6 +156,53 @@ TEST(Import, ShardAppenderWritesWhatShardWriterWrites) {
   }
   EXPECT_FALSE(fs::exists(tmp / "gone.h5"));
   EXPECT_FALSE(fs::exists(tmp / "gone.h5.tmp"));
+  fs::remove_all(tmp);
+}
+
+// Headers that the token_files fuzz target (tests/fuzz) showed to be accepted wrongly: a numpy
+// shape of -1 (std::stoull read it as 2^64 - 1 tokens), an empty shape (substr out of range), a
+// shape whose byte count wraps around 2^64, a dtype with a line break (a two-line error), and an
+// empty Megatron index (memcmp on a null map: undefined behaviour).
+TEST(TokenFiles, DamagedHeadersAreRefusedInOneLine) {
+  const fs::path tmp = temp_dir("bt_token_files_bad");
+  auto npy = [&](const std::string& name, const std::string& descr, const std::string& shape, size_t data_bytes) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    while ((10 + h.size() + 1) % 64) h += ' ';
+    h += '\n';
+    std::string f = "\x93NUMPY";
+    f += '\x01';
+    f += '\x00';
+    f += char(h.size() & 0xff);
+    f += char(h.size() >> 8);
+    f += h + std::string(data_bytes, '\x01');
+    std::ofstream((tmp / name).string(), std::ios::binary) << f;
+    return (tmp / name).string();
+  };
+  auto expect_refused = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "accepted; expected an error with '" << needle << "'";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(needle), std::string::npos) << m;
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    }
+  };
+  const std::string ok = npy("ok.npy", "<u2", "(3,)", 6);
+  EXPECT_EQ(open_token_file(ok, TokenFileFormat::Npy).tokens, 3u);
+  const std::string neg = npy("neg.npy", "<u2", "(-1,)", 2);
+  expect_refused([&] { open_token_file(neg, TokenFileFormat::Npy); }, "malformed shape (-1,)");
+  const std::string untupled = npy("untupled.npy", "<u2", "", 2);
+  expect_refused([&] { open_token_file(untupled, TokenFileFormat::Npy); }, "malformed shape ''");
+  const std::string wrap = npy("wrap.npy", "<u8", "(2305843009213693952,)", 0);
+  expect_refused([&] { open_token_file(wrap, TokenFileFormat::Npy); }, "needs more than 2^64");
+  const std::string big = npy("big.npy", "<u2", "(4,)", 6);
+  expect_refused([&] { open_token_file(big, TokenFileFormat::Npy); }, "shape (4,) needs 136");
+  const std::string broken = npy("broken.npy", "<u\n2", "(1,)", 2);
+  expect_refused([&] { open_token_file(broken, TokenFileFormat::Npy); }, "dtype '<u\\n2'");
+  std::ofstream((tmp / "empty.idx").string());
+  std::ofstream((tmp / "empty.bin").string());
+  expect_refused([&] { open_token_file((tmp / "empty").string(), TokenFileFormat::Megatron); }, "empty file");
   fs::remove_all(tmp);
 }
 
