@@ -11,7 +11,8 @@
 #
 # usage: launch/fuzz.sh [--ci] [SECONDS] [TARGET...]
 #   SECONDS   per target (default 60)
-#   TARGET    config safetensors shard spm_model tokenizer_dir documents (default: all)
+#   TARGET    config safetensors shard spm_model tokenizer_dir hf_tokenizer documents token_files
+#             (default: all)
 #   --ci      use the fuzzers already built in $BUILD, start from the seeds alone, fixed random
 #             seed, at most CI_RUNS (5000) executions (ctest's fuzz.* tests run this way, a few
 #             seconds per target)
@@ -31,7 +32,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [[ "$seconds" -lt 1 ]]; then
   echo "$0: SECONDS must be a positive integer (got '$seconds'); usage: launch/fuzz.sh [--ci] [SECONDS] [TARGET...]" >&2
   exit 2
 fi
-all_targets=(config safetensors shard spm_model tokenizer_dir documents)
+all_targets=(config safetensors shard spm_model tokenizer_dir hf_tokenizer documents token_files)
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then targets=("${all_targets[@]}"); fi
 for t in "${targets[@]}"; do
