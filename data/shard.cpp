@@ -208,33 +208,6 @@ void check_intact(const OpenShard& s, const std::string& what) {
            s.eoa, " expected): it was truncated or is being rewritten; the tokens just read are not trusted");
 }
 
-// A dataset whose space is not allocated in full (chunks never written: an interrupted or
-// foreign writer) would read as fill values. For a chunked dataset every chunk of its extent
-// must be stored (H5Dget_space_status is no help there: it compares bytes, so a partial last
-// chunk reads as "partly allocated"); other layouts must be allocated.
-void check_allocated(hid_t ds, uint64_t len, const char* name, const std::string& what) {
-  if (len == 0) return;
-  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
-  BT_CHECK(dcpl.valid(), what, ": cannot read the layout of /", name, " (", last_error(), ")");
-  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED) {
-    hsize_t chunk[1] = {0};
-    hsize_t stored = 0;
-    Handle space(H5Dget_space(ds), H5Sclose);
-    BT_CHECK(space.valid() && H5Pget_chunk(dcpl.get(), 1, chunk) == 1 && chunk[0] > 0 &&
-                 H5Dget_num_chunks(ds, space.get(), &stored) >= 0,
-             what, ": cannot read the chunks of /", name, " (", last_error(), ")");
-    const uint64_t want = (len + chunk[0] - 1) / chunk[0];
-    BT_CHECK(stored == want, what, ": /", name, " is not completely written (", stored, " of its ", want,
-             " chunks are stored; an interrupted writer?)");
-    return;
-  }
-  H5D_space_status_t status;
-  BT_CHECK(H5Dget_space_status(ds, &status) >= 0, what, ": cannot query the storage of /", name, " (", last_error(),
-           ")");
-  BT_CHECK(status == H5D_SPACE_STATUS_ALLOCATED, what, ": /", name, " is not completely written (an interrupted "
-           "writer?)");
-}
-
 // 1-D dataset `name`, its length; fails naming the shard when absent or not 1-D integer.
 Handle open_1d(hid_t file, const char* name, uint64_t& len, const std::string& what) {
   htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
@@ -261,9 +234,10 @@ constexpr uint64_t kMaxChunkBytes = uint64_t(64) << 20;
 // Checks that the n elements of 1-D dataset `name` (elements of elem_bytes in the file) are
 // stored in the file itself, so that no read returns fill values (zeros) for missing data:
 // contiguous, chunked or compact layout, no external files; contiguous storage of at least
-// n x elem_bytes bytes; for chunks, a sane chunk size and every chunk of the extent allocated.
-// (H5Dget_space_status cannot say this: it compares byte counts, so a partial last chunk or
-// compression reads as "partly allocated".)
+// n x elem_bytes bytes; for chunks, a sane chunk size and every chunk of the extent allocated
+// (an interrupted or foreign writer leaves chunks unwritten). H5Dget_space_status cannot say
+// this: it compares byte counts, so a partial last chunk or compression reads as "partly
+// allocated".
 void check_storage(hid_t ds, uint64_t n, size_t elem_bytes, const char* name, const std::string& what) {
   Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
   BT_CHECK(dcpl.valid(), what, ": cannot read the storage properties of /", name, " (", last_error(), ")");
@@ -343,9 +317,7 @@ OpenShard open_shard(const std::string& path) {
   in.token_bytes = int(tsize);
   BT_CHECK(tsize == 4 || in.vocab_size <= 65536, what, ": /tokens is uint16 but vocab_size is ",
            in.vocab_size);
-  check_allocated(s.tokens.get(), in.tokens, "tokens", what);
   s.offsets = open_1d(s.file.get(), "doc_offsets", in.documents, what);
-  check_allocated(s.offsets.get(), in.documents, "doc_offsets", what);
   {
     // With the sec2 (POSIX) driver, HDF5's handle is a pointer to its file descriptor.
     Handle fapl(H5Fget_access_plist(s.file.get()), H5Pclose);

@@ -258,7 +258,7 @@ TEST(ShardRead, UnwrittenChunksAreAnError) {
     H5Sclose(sp);
     H5Fclose(f);
   }
-  EXPECT_HAS(error_of([&] { ShardFile f(path); }), "/tokens is not completely written (1 of its 2 chunks");
+  EXPECT_HAS(error_of([&] { ShardFile f(path); }), "/tokens has 2048 elements but only 1 of its 2 chunks are stored");
   // A last chunk that is only partly filled is complete (2 chunks for 1M + 123 tokens).
   std::vector<int32_t> t(kShardChunkElems + 123, 7);
   t.back() = 0;
