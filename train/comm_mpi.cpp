@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -72,9 +73,14 @@ int64_t now_ns() {
 class MpiWatchdog {
  public:
   MpiWatchdog() {
-    const char* e = std::getenv("BT_MPI_TIMEOUT_S");
-    timeout_s_ = e ? std::atof(e) : 600.0;
-    if (!(timeout_s_ > 0)) return;  // 0 (or junk): off
+    if (const char* e = std::getenv("BT_MPI_TIMEOUT_S"); e && *e) {
+      // A typo must not turn the watchdog off silently.
+      char* end = nullptr;
+      timeout_s_ = std::strtod(e, &end);
+      BT_CHECK(end != e && *end == '\0' && std::isfinite(timeout_s_) && timeout_s_ >= 0, "BT_MPI_TIMEOUT_S='", e,
+               "': expected a number of seconds >= 0 (0 turns the MPI watchdog off)");
+    }
+    if (timeout_s_ == 0) return;  // off
     const double poll = std::min(1.0, std::max(0.02, timeout_s_ / 10));
     thread_ = std::thread([this, poll] { loop(poll); });
   }

@@ -2,7 +2,8 @@
 CPU, a rank that stops without dying (SIGSTOP here; a hung file system behaves the same) must not
 leave the other rank spinning in its collective forever. With BT_MPI_TIMEOUT_S=4 the running rank
 ends the job: non-zero exit within a minute, with a one-line message naming itself, the collective
-and the limit. Run by ctest with BT_BINARY and BT_SOURCE_DIR.
+and the limit. A BT_MPI_TIMEOUT_S that is not a number is an error. Run by ctest with BT_BINARY
+and BT_SOURCE_DIR.
 """
 import os
 import shutil
@@ -92,8 +93,23 @@ def main():
     return failures
 
 
+def bad_value():
+    """A value that is not a number of seconds is an error, not a watchdog silently off."""
+    env = dict(ENV, BT_MPI_TIMEOUT_S="ten")
+    cmd = ["mpirun", "-np", "2", "--oversubscribe", BT, "train", "--config", f"{SRC}/configs/tiny/block_b4.yaml"] + TINY
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    line = next((l for l in r.stdout.splitlines() if "BT_MPI_TIMEOUT_S='ten'" in l), "")
+    print(line)
+    failures = []
+    if r.returncode == 0:
+        failures.append("BT_MPI_TIMEOUT_S=ten: exit code 0")
+    if not line.startswith("error: ") or "expected a number of seconds" not in line:
+        failures.append("BT_MPI_TIMEOUT_S=ten: no one-line error:\n" + r.stdout[-2000:])
+    return failures
+
+
 if __name__ == "__main__":
-    f = main()
+    f = bad_value() + main()
     if f:
         print("FAILED:", *f, sep="\n  ")
         sys.exit(1)
