@@ -714,6 +714,13 @@ Config parse_config_impl(const std::string& yaml_text, const std::string& path,
   }
   resolve(c);
   c.source = path;
+  // The key itself, not only a value other than the default: a vanilla model has no blocks, so
+  // any model.block_length (even 4) in its file or an override is a mistake worth naming.
+  if (c.model.kind == "vanilla")
+    if (YAML::Node n = lookup(root, "model.block_length"); n.IsDefined())
+      BT_FAIL(origin.at("model.block_length", n.Mark()),
+              "model.block_length is set (", c.model.block_length,
+              ") but model.kind is vanilla; remove it (only block models have blocks)");
   validate_impl(c, [&](const std::vector<std::string>& keys) {
     for (const std::string& k : keys)
       if (std::string ov = origin.override_of(k); !ov.empty()) return ov;

@@ -314,6 +314,12 @@ TEST(ConfigRules, CheckpointIntervalsAndVanillaBlockLength) {
   // A vanilla model has no blocks.
   EXPECT_HAS(error_of([&] { load_config(vanilla, {"model.block_length=8"}); }),
              "model.block_length is set (8) but model.kind is vanilla");
+  // Even at the default value: the key itself is refused, with where it came from.
+  const std::string dflt = std::to_string(ModelConfig{}.block_length);
+  EXPECT_HAS(error_of([&] { load_config(vanilla, {"model.block_length=" + dflt}); }),
+             "override 'model.block_length=" + dflt + "': model.block_length is set (" + dflt + ") but model.kind is vanilla");
+  EXPECT_HAS(error_of([&] { parse_config("model:\n  kind: vanilla\n  block_length: " + dflt + "\n", "v.yaml"); }),
+             "v.yaml:3: model.block_length is set (" + dflt + ") but model.kind is vanilla");
   const Config v = load_config(vanilla);
   EXPECT_EQ(to_yaml(v).find("block_length"), std::string::npos) << to_yaml(v);
   EXPECT_EQ(parse_config(to_yaml(v), "x"), parse_config(to_yaml(v), "x"));
