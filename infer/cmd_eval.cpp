@@ -128,6 +128,7 @@ void add_eval_command(CLI::App& app) {
       lo.random_pad_first_block = im.config.data.random_pad_first_block;
       lo.pad_to_block_boundary = im.config.data.pad_to_block_boundary;
       lo.vocab_size = mc.vocab_size;
+      lo.pad_id = mc.pad_token_id;  // -1: the shards' EOS, as in training
       lo.shuffle = false;
       lo.prefetch = false;
       lo.verify_checksums = im.config.data.verify_checksums;

@@ -35,6 +35,25 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+// The pad id in front of prompts: --pad-id, else the model's pad token (model.pad_token_id, -1
+// meaning the EOS of its training data or tokenizer); never the stop token (--eos-id -1 must not
+// change the output). It only matters for a block model's prompt of a length that is not a
+// multiple of L_B; when it is unknown and does not matter, 0.
+int prompt_pad_id(const Model& model, const std::vector<std::vector<int32_t>>& prompts, int flag) {
+  const ModelConfig& m = model.config();
+  if (flag >= 0) {
+    BT_CHECK(flag < m.vocab_size, "--pad-id ", flag, " is not below model.vocab_size ", m.vocab_size);
+    return flag;
+  }
+  if (m.pad_token_id >= 0) return m.pad_token_id;
+  bool matters = false;
+  for (const auto& p : prompts) matters = matters || (m.is_block() && (p.empty() || p.size() % m.block_length != 0));
+  BT_CHECK(!matters, "the pad token is unknown (model.pad_token_id is -1 and neither the checkpoint's trainer "
+           "state nor a tokenizer gives an EOS), and a prompt's length is not a multiple of model.block_length (",
+           m.block_length, "): pass --pad-id N (the id the model was trained with) or --tokenizer");
+  return 0;
+}
+
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
@@ -46,7 +65,7 @@ void add_generate_command(CLI::App& app) {
     int top_k = 0;
     uint64_t seed = 0;
     bool greedy = false, print_ids = false, naive = false;
-    int eos_id = -2;
+    int eos_id = -2, pad_id = -1;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("generate", "sample text from a checkpoint (block decoding with KV caches)");
@@ -74,6 +93,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer,
                   "byte | spm:PATH | hf:PATH (tokenizer.json) | a prepared data directory (default: the checkpoint's tokenizer)");
   cmd->add_option("--eos-id", a->eos_id, "stop token (default: the tokenizer's EOS; -1: never stop)");
+  cmd->add_option("--pad-id", a->pad_id,
+                  "token put in front of a block model's prompt up to a multiple of L_B (default: the model's "
+                  "pad token, docs/inference.md)");
   cmd->add_option("--device", a->device, "auto | cpu | cuda");
   cmd->add_flag("--print-ids", a->print_ids, "print the generated token ids too");
   cmd->add_flag("--naive", a->naive, "recompute the full sequence for every token (slow; for checking the caches)");
@@ -98,11 +120,13 @@ void add_generate_command(CLI::App& app) {
         if (!line.empty()) texts.push_back(line);
     }
     BT_CHECK(!texts.empty() || !a->prompt_ids.empty(), "give at least one --prompt, --prompt-file or --prompt-ids");
-    InferenceModel im = load_inference_model(a->ckpt, a->config, a->overrides, a->device, a->naive ? 1 : 0);
+    InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device);
+    std::unique_ptr<Tokenizer> tok = find_tokenizer(im, a->tokenizer);
+    if (im.eos_id < 0 && tok) im.eos_id = tok->eos_id();  // e.g. official weights with --tokenizer
+    load_inference_weights(im, a->naive ? 1 : 0);
     if (!im.ignored.empty())
       log_info("{}: ignored {} tensors this model does not use: {}", im.weights, im.ignored.size(),
                summarize_names(im.ignored));
-    std::unique_ptr<Tokenizer> tok = find_tokenizer(im, a->tokenizer);
     BT_CHECK(tok || texts.empty(), "no tokenizer found for ", a->ckpt,
              ": pass --tokenizer byte|spm:PATH|hf:PATH|DATA_DIR, or give token ids with --prompt-ids");
     if (tok)
@@ -121,7 +145,7 @@ void add_generate_command(CLI::App& app) {
     o.sampling.top_p = a->top_p;
     o.sampling.seed = a->seed;
     o.eos_id = a->eos_id != -2 ? a->eos_id : (tok ? tok->eos_id() : -1);
-    o.pad_id = o.eos_id >= 0 && o.eos_id < im.config.model.vocab_size ? o.eos_id : 0;
+    o.pad_id = prompt_pad_id(*im.model, prompts, a->pad_id);
 
     size_t longest = 0;
     for (const auto& p : prompts) longest = std::max(longest, p.size());

@@ -61,11 +61,21 @@ InferenceModel open_inference_model(const std::string& ckpt, const std::string& 
     if (on_cpu) bo.device = "cpu";
   }
   r.backend = make_backend(bo);
+  // The EOS of the data the checkpoint was trained on, else of its tokenizer.
+  if (!r.dir.empty()) {
+    try {
+      const nlohmann::json st = load_trainer_state(r.dir);
+      if (st.contains("eos_id") && st["eos_id"].is_number_integer()) r.eos_id = st["eos_id"].get<int>();
+    } catch (const Error&) {
+    }
+  }
+  if (r.eos_id < 0)
+    if (auto tok = find_tokenizer(r, "")) r.eos_id = tok->eos_id();
   return r;
 }
 
 void load_inference_weights(InferenceModel& r, int max_batch) {
-  r.model = std::make_unique<Model>(r.config.model, *r.backend, max_batch);
+  r.model = std::make_unique<Model>(with_token_ids(r.config.model, r.eos_id), *r.backend, max_batch);
   std::vector<float> flat(r.model->table().total(), 0.f);
   r.ignored = load_weights(r.weights, r.model->table(), flat.data());
   r.model->set_params(flat.data(), DType::f32);

@@ -20,6 +20,11 @@ struct InferenceModel {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Model> model;
   std::vector<std::string> ignored;  // tensors in the file that the model does not use
+  // The EOS that the config's special tokens left at -1 (model.pad_token_id, model.bos_token_id)
+  // stand for: the one the checkpoint's training data used (trainer_state.json), else the EOS of
+  // the checkpoint's tokenizer (find_tokenizer), else -1 (unknown; set it before
+  // load_inference_weights when the caller knows better). The model is built with them resolved.
+  int eos_id = -1;
 };
 
 // ckpt: a checkpoint directory / latest link / run directory, or a .safetensors file (then

@@ -456,6 +456,8 @@ void check_same_model(const ModelConfig& a, const ModelConfig& b, const std::str
     differ("block_length", a.block_length, b.block_length);
     differ("embedder.kind", a.embedder_kind, b.embedder_kind);
     differ("embedder.dim", a.embedder_dim, b.embedder_dim);
+    differ("embedder.projection_method", a.projection_method, b.projection_method);
+    differ("token_decoder.decoding_strategy", a.decoding_strategy, b.decoding_strategy);
     stack("block_decoder", a.block_decoder, b.block_decoder);
     stack("token_decoder", a.token_decoder, b.token_decoder);
   } else {

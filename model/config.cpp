@@ -53,6 +53,7 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("model.block_length", Int, model.block_length),
       BT_LEAF("model.embedder.kind", String, model.embedder_kind),
       BT_LEAF("model.embedder.dim", Int, model.embedder_dim),
+      BT_LEAF("model.embedder.projection_method", String, model.projection_method),
       BT_LEAF("model.block_decoder.layers", Int, model.block_decoder.layers),
       BT_LEAF("model.block_decoder.dim", Int, model.block_decoder.dim),
       BT_LEAF("model.block_decoder.heads", Int, model.block_decoder.heads),
@@ -62,6 +63,7 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("model.token_decoder.heads", Int, model.token_decoder.heads),
       BT_LEAF("model.token_decoder.ffn_dim", Int, model.token_decoder.ffn_dim),
       BT_LEAF("model.token_decoder.prefix_length", Int, model.token_decoder.prefix_length),
+      BT_LEAF("model.token_decoder.decoding_strategy", String, model.decoding_strategy),
       BT_LEAF("model.decoder.layers", Int, model.decoder.layers),
       BT_LEAF("model.decoder.dim", Int, model.decoder.dim),
       BT_LEAF("model.decoder.heads", Int, model.decoder.heads),
@@ -70,6 +72,15 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("model.rotary_base", Double, model.rotary_base),
       BT_LEAF("model.layernorm_eps", Double, model.layernorm_eps),
       BT_LEAF("model.init_std", Double, model.init_std),
+      BT_LEAF("model.pad_token_id", Int, model.pad_token_id),
+      BT_LEAF("model.bos_token_id", Int, model.bos_token_id),
+      BT_LEAF("load_from_vanilla.enable", Bool, load_from_vanilla.enable),
+      BT_LEAF("load_from_vanilla.checkpoint_path", String, load_from_vanilla.checkpoint_path),
+      BT_LEAF("load_from_vanilla.method", String, load_from_vanilla.method),
+      BT_LEAF("load_from_vanilla.initialize_mean_embedder_projection", Bool,
+              load_from_vanilla.initialize_mean_embedder_projection),
+      BT_LEAF("load_from_vanilla.initialize_identity_expansion_layer", Bool,
+              load_from_vanilla.initialize_identity_expansion_layer),
       BT_LEAF("data.train", String, data.train),
       BT_LEAF("data.val", String, data.val),
       BT_LEAF("data.random_pad_first_block", Bool, data.random_pad_first_block),
@@ -107,7 +118,7 @@ const std::vector<Leaf>& leaves() {
 const std::set<std::string>& sections() {
   static const std::set<std::string> s = {
       "model", "model.embedder", "model.block_decoder", "model.token_decoder", "model.decoder", "data",
-      "optim", "train"};
+      "optim", "train", "load_from_vanilla"};
   return s;
 }
 
@@ -444,6 +455,9 @@ void apply_override(YAML::Node& root, const std::string& ov, Origin& origin) {
 void resolve(Config& c) {
   for (DecoderConfig* d : {&c.model.block_decoder, &c.model.token_decoder, &c.model.decoder})
     if (d->ffn_dim == 0) d->ffn_dim = 4 * d->dim;
+  // summation: the expansion ratio is L_B (the official default for that strategy)
+  if (c.model.is_block() && c.model.summation() && c.model.token_decoder.prefix_length == 0)
+    c.model.token_decoder.prefix_length = c.model.block_length;
 }
 
 // ---- validation -----------------------------------------------------------------------------
@@ -524,18 +538,33 @@ void validate_impl(const Config& c, const Where& where) {
   positive_d(m.rotary_base, "model.rotary_base");
   positive_d(m.layernorm_eps, "model.layernorm_eps");
   positive_d(m.init_std, "model.init_std");
+  auto token_id = [&](int v, const char* path) {
+    if (v < -1 || v >= m.vocab_size)
+      BT_FAIL(where({path}), path, " must be -1 (the tokenizer's EOS) or a token id below model.vocab_size (",
+              m.vocab_size, "), got ", v);
+  };
+  token_id(m.pad_token_id, "model.pad_token_id");
+  token_id(m.bos_token_id, "model.bos_token_id");
   if (m.is_block()) {
     check_enum(m.embedder_kind, "model.embedder.kind", {"lookup"}, where);
+    check_enum(m.projection_method, "model.embedder.projection_method", {"concat", "projection_layer"}, where);
+    check_enum(m.decoding_strategy, "model.token_decoder.decoding_strategy", {"prefix", "summation"}, where);
     positive(m.embedder_dim, "model.embedder.dim");
     check_decoder(m.block_decoder, "model.block_decoder", false, m, where);
     check_decoder(m.token_decoder, "model.token_decoder", true, m, where);
     check_unused(m.decoder, "model.decoder", "block", where);
     int64_t d_b = int64_t{m.embedder_dim} * m.block_length;
-    if (d_b != m.block_decoder.dim)
+    if (!m.projection_layer() && d_b != m.block_decoder.dim)
       BT_FAIL(where({"model.embedder.dim", "model.block_length", "model.block_decoder.dim"}),
               "model.embedder.dim (", m.embedder_dim, ") x model.block_length (", m.block_length, ") = ", d_b,
               " must equal model.block_decoder.dim (", m.block_decoder.dim,
-              "); the embedder concatenates L_B token embeddings into one block embedding");
+              "); the concat embedder puts L_B token embeddings side by side (projection_method: "
+              "projection_layer maps any embedder.dim to the block decoder's width)");
+    if (m.summation() && m.token_decoder.prefix_length != m.block_length)
+      BT_FAIL(where({"model.token_decoder.prefix_length", "model.token_decoder.decoding_strategy"}),
+              "model.token_decoder.prefix_length (", m.token_decoder.prefix_length,
+              ") is the expansion ratio; decoding_strategy summation adds one expanded vector to each of the L_B "
+              "inputs, so it must be model.block_length (", m.block_length, ") or left out");
     if (m.context_length % m.block_length != 0)
       BT_FAIL(where({"model.context_length", "model.block_length"}), "model.context_length (",
               m.context_length, ") must be divisible by model.block_length (", m.block_length, ")");
@@ -546,11 +575,41 @@ void validate_impl(const Config& c, const Where& where) {
     check_decoder(m.decoder, "model.decoder", false, m, where);
     check_unused(m.block_decoder, "model.block_decoder", "vanilla", where);
     check_unused(m.token_decoder, "model.token_decoder", "vanilla", where);
+    if (m.projection_method != "concat")
+      BT_FAIL(where({"model.embedder.projection_method"}),
+              "model.embedder.projection_method is set but model.kind is vanilla; remove it");
+    if (m.decoding_strategy != "prefix")
+      BT_FAIL(where({"model.token_decoder.decoding_strategy"}),
+              "model.token_decoder.decoding_strategy is set but model.kind is vanilla; remove it");
+    if (c.load_from_vanilla.enable)
+      BT_FAIL(where({"load_from_vanilla.enable"}),
+              "load_from_vanilla initialises a block model from a vanilla one; model.kind is vanilla");
     if (m.embedder_dim != 0)
       BT_FAIL(where({"model.embedder.dim"}),
               "model.embedder.dim is set but model.kind is vanilla; remove it "
               "(the vanilla embedding width is model.decoder.dim)");
   }
+
+  // uptraining
+  const LoadFromVanillaConfig& u = c.load_from_vanilla;
+  check_enum(u.method, "load_from_vanilla.method", {"partition", "skip", "duplicate"}, where);
+  if (u.enable && u.checkpoint_path.empty())
+    BT_FAIL(where({"load_from_vanilla.checkpoint_path", "load_from_vanilla.enable"}),
+            "load_from_vanilla.checkpoint_path is empty: give the vanilla checkpoint directory or its "
+            "model.safetensors (ours, or an HF GPT-NeoX / Pythia file)");
+  if (u.enable && u.initialize_mean_embedder_projection && !m.projection_layer())
+    BT_FAIL(where({"load_from_vanilla.initialize_mean_embedder_projection", "model.embedder.projection_method"}),
+            "load_from_vanilla.initialize_mean_embedder_projection needs model.embedder.projection_method: "
+            "projection_layer (the concat embedder has no projection)");
+  if (u.enable && u.initialize_mean_embedder_projection && m.embedder_dim != m.block_decoder.dim)
+    BT_FAIL(where({"load_from_vanilla.initialize_mean_embedder_projection", "model.embedder.dim"}),
+            "load_from_vanilla.initialize_mean_embedder_projection needs model.embedder.dim (", m.embedder_dim,
+            ") = model.block_decoder.dim (", m.block_decoder.dim, "): the mean of the L_B token vectors is the "
+            "block vector");
+  if (u.enable && u.initialize_identity_expansion_layer && m.token_decoder.dim != m.block_decoder.dim)
+    BT_FAIL(where({"load_from_vanilla.initialize_identity_expansion_layer", "model.token_decoder.dim"}),
+            "load_from_vanilla.initialize_identity_expansion_layer needs model.token_decoder.dim (",
+            m.token_decoder.dim, ") = model.block_decoder.dim (", m.block_decoder.dim, ")");
 
   // data
   const DataConfig& d = c.data;
@@ -770,17 +829,32 @@ std::string to_yaml(const Config& c) {
     line(fmt::format("  block_length: {}", m.block_length));
   // Block-only sections are left out of a vanilla config and vice versa, unless set (so that
   // parsing the text back gives the same Config, and validate names the stray section).
-  if (m.is_block() || m.embedder_kind != "lookup" || m.embedder_dim != 0)
-    line(fmt::format("  embedder: {{kind: {}, dim: {}}}", fmt_string(m.embedder_kind), m.embedder_dim));
+  if (m.is_block() || m.embedder_kind != "lookup" || m.embedder_dim != 0 || m.projection_method != "concat")
+    line(fmt::format("  embedder: {{kind: {}, dim: {}, projection_method: {}}}", fmt_string(m.embedder_kind),
+                     m.embedder_dim, fmt_string(m.projection_method)));
   if (m.is_block() || !is_zero(m.block_decoder))
     line("  block_decoder: " + fmt_decoder(m.block_decoder, false));
-  if (m.is_block() || !is_zero(m.token_decoder))
-    line("  token_decoder: " + fmt_decoder(m.token_decoder, true));
+  if (m.is_block() || !is_zero(m.token_decoder) || m.decoding_strategy != "prefix") {
+    std::string td = fmt_decoder(m.token_decoder, true);
+    td.insert(td.size() - 1, ", decoding_strategy: " + fmt_string(m.decoding_strategy));
+    line("  token_decoder: " + td);
+  }
   if (!m.is_block() || !is_zero(m.decoder)) line("  decoder: " + fmt_decoder(m.decoder, false));
   line("  rotary_pct: " + fmt_double(m.rotary_pct));
   line("  rotary_base: " + fmt_double(m.rotary_base));
   line("  layernorm_eps: " + fmt_double(m.layernorm_eps));
   line("  init_std: " + fmt_double(m.init_std));
+  line(fmt::format("  pad_token_id: {}", m.pad_token_id));
+  line(fmt::format("  bos_token_id: {}", m.bos_token_id));
+  const LoadFromVanillaConfig& u = c.load_from_vanilla;
+  if (m.is_block() || u != LoadFromVanillaConfig{}) {
+    line("load_from_vanilla:");
+    line(fmt::format("  enable: {}", u.enable));
+    line("  checkpoint_path: " + fmt_string(u.checkpoint_path));
+    line("  method: " + fmt_string(u.method));
+    line(fmt::format("  initialize_mean_embedder_projection: {}", u.initialize_mean_embedder_projection));
+    line(fmt::format("  initialize_identity_expansion_layer: {}", u.initialize_identity_expansion_layer));
+  }
   const DataConfig& d = c.data;
   line("data:");
   line("  train: " + fmt_string(d.train));
@@ -817,6 +891,13 @@ std::string to_yaml(const Config& c) {
   line("  out_dir: " + fmt_string(t.out_dir));
   line(fmt::format("  deterministic: {}", t.deterministic));
   return y;
+}
+
+ModelConfig with_token_ids(ModelConfig m, int eos_id) {
+  if (eos_id < 0) return m;
+  if (m.pad_token_id < 0) m.pad_token_id = eos_id;
+  if (m.bos_token_id < 0) m.bos_token_id = eos_id;
+  return m;
 }
 
 uint64_t config_hash(const Config& c) {

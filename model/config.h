@@ -24,17 +24,31 @@ struct ModelConfig {
   int context_length = 2048;   // L
   int block_length = 4;        // L_B (block only)
   std::string embedder_kind = "lookup";
-  int embedder_dim = 0;        // D_B / L_B (block only)
+  int embedder_dim = 0;        // E, the lookup table's width (block only); D_B / L_B with concat
+  // The official embedder option: concat (the L_B vectors side by side: D_B = L_B * E) or
+  // projection_layer (Conv1d(E, D_B, kernel L_B, stride L_B) with bias).
+  std::string projection_method = "concat";
   DecoderConfig block_decoder; // block only
-  DecoderConfig token_decoder; // block only
+  DecoderConfig token_decoder; // block only; prefix_length is R (the official expansion_ratio)
+  // The official token-decoder option: prefix (R expanded vectors in front of the block's tokens)
+  // or summation (L_B expanded vectors added to [e(BOS), e(t_1), ..]; R = L_B).
+  std::string decoding_strategy = "prefix";
   DecoderConfig decoder;       // vanilla only
   double rotary_pct = 0.25;
   double rotary_base = 10000;
   double layernorm_eps = 1e-5;
   double init_std = 0.02;
+  // Special tokens (HF config names); -1: the tokenizer's EOS, as the official pipeline sets them
+  // for Pythia's tokenizer (no pad token: pad = eos; GPT-NeoX's bos = eos). pad_token_id fills the
+  // loader's pads and the front of prompts in generation; bos_token_id starts each token-decoder
+  // row of the summation strategy. with_token_ids() resolves them.
+  int pad_token_id = -1;
+  int bos_token_id = -1;
 
   bool is_block() const { return kind == "block"; }
   int num_blocks() const { return context_length / block_length; }  // N
+  bool summation() const { return decoding_strategy == "summation"; }
+  bool projection_layer() const { return projection_method == "projection_layer"; }
 
   friend bool operator==(const ModelConfig&, const ModelConfig&) = default;
 };
@@ -84,9 +98,24 @@ struct TrainConfig {
   friend bool operator==(const TrainConfig&, const TrainConfig&) = default;
 };
 
+// Uptraining (the paper's uptraining experiments; the official `load_from_vanilla`): a block model
+// initialised from a vanilla checkpoint, ours or an HF GPT-NeoX / Pythia safetensors file.
+struct LoadFromVanillaConfig {
+  bool enable = false;
+  std::string checkpoint_path;  // a checkpoint directory or a model.safetensors file
+  // partition: block decoder <- vanilla layers 0..Lb-1, token decoder <- Lb..Lb+Lt-1;
+  // skip: both <- vanilla layers 0, 2, 4, ...; duplicate: both <- vanilla layers 0..L-1.
+  std::string method = "partition";
+  bool initialize_mean_embedder_projection = false;  // projection_layer = the mean of the L_B vectors
+  bool initialize_identity_expansion_layer = false;  // each expanded vector = the context embedding
+
+  friend bool operator==(const LoadFromVanillaConfig&, const LoadFromVanillaConfig&) = default;
+};
+
 struct Config {
   std::string name = "default";
   ModelConfig model;
+  LoadFromVanillaConfig load_from_vanilla;
   DataConfig data;
   OptimConfig optim;
   TrainConfig train;
@@ -108,5 +137,8 @@ void validate(const Config& c);
 std::string to_yaml(const Config& c);
 // A stable hash of the resolved config (of to_yaml), for rank agreement and checkpoints.
 uint64_t config_hash(const Config& c);
+// m with pad_token_id and bos_token_id set: -1 becomes eos_id (the tokenizer's EOS); eos_id < 0
+// leaves them unresolved (-1).
+ModelConfig with_token_ids(ModelConfig m, int eos_id);
 
 }  // namespace bt

@@ -22,6 +22,8 @@ void LossStats::add(const LossStats& o) {
 Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts)
     : cfg_(cfg), be_(be), table_(cfg), max_B_(max_batch) {
   BT_CHECK(max_batch >= 0, "model: micro batch must be >= 1 (or 0 for an inference-only model)");
+  BT_CHECK(!cfg.is_block() || (!cfg.projection_layer() && !cfg.summation()),
+           "model: projection_method projection_layer and decoding_strategy summation are not built yet");
   const int64_t total = static_cast<int64_t>(table_.total());
   const int64_t padded =
       shard_parts > 1 ? static_cast<int64_t>(flat_chunk(table_.total(), shard_parts)) * shard_parts : total;

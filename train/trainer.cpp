@@ -67,28 +67,6 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   // One run per out_dir: rank 0 (the only writer) holds its lock for the life of the run.
   if (comm_.rank() == 0 && !t.out_dir.empty()) lock_ = std::make_unique<RunLock>(t.out_dir);
 
-  BackendOptions bo;
-  bo.device = t.device;
-  bo.precision = t.precision;
-  bo.cuda_device = comm_.local_rank();
-  backend_ = make_backend(bo);
-  peak_flops_ = device_peak_flops(*backend_, bo.cuda_device);
-  const size_t before_model = allocated_bytes();
-  const int shard_parts = world > 1 && t.zero == 1 ? world : 1;  // ZeRO-1 pads the flat buffers
-  model_ = std::make_unique<Model>(cfg_.model, *backend_, t.micro_batch, shard_parts);
-  const size_t model_bytes = allocated_bytes() - before_model;
-  model_->init(t.seed);
-  comm_.set_compute_stream(cuda_stream(*backend_));
-  // Data parallelism: ZeRO-1 shards the optimizer over ranks; otherwise gradients are summed in
-  // buckets that start during the backward pass.
-  if (world > 1 && t.zero == 1) {
-    zero_ = std::make_unique<ZeroShard>(comm_, model_->table().total());
-    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim, zero_->begin(), zero_->end());
-  } else {
-    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim);
-    if (world > 1) reducer_ = std::make_unique<GradReducer>(comm_, model_->grads(), bucket_elems());
-  }
-
   // Data: shards (read lazily, train_stream_ stays null), or a synthetic stream in memory when no
   // shards are configured.
   if (cfg_.data.train.empty()) {
@@ -108,6 +86,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   lo.random_pad_first_block = cfg_.data.random_pad_first_block;
   lo.pad_to_block_boundary = cfg_.data.pad_to_block_boundary;
   lo.vocab_size = cfg_.model.vocab_size;
+  lo.pad_id = cfg_.model.pad_token_id;  // -1: the data's EOS
   loader_ = train_stream_ ? std::make_unique<Loader>(train_stream_, lo)
                          : std::make_unique<Loader>(open_shard_source(cfg_.data.train, lo), lo);
   if (!cfg_.data.val.empty()) {
@@ -118,6 +97,31 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     val_loader_ = std::make_unique<Loader>(open_shard_source(cfg_.data.val, vo), vo);
   }
 
+  BackendOptions bo;
+  bo.device = t.device;
+  bo.precision = t.precision;
+  bo.cuda_device = comm_.local_rank();
+  backend_ = make_backend(bo);
+  peak_flops_ = device_peak_flops(*backend_, bo.cuda_device);
+  const size_t before_model = allocated_bytes();
+  const int shard_parts = world > 1 && t.zero == 1 ? world : 1;  // ZeRO-1 pads the flat buffers
+  // The special tokens the config leaves at -1 are the data's EOS (docs/configs.md).
+  model_ = std::make_unique<Model>(with_token_ids(cfg_.model, loader_->source().eos_id()), *backend_, t.micro_batch,
+                                   shard_parts);
+  const size_t model_bytes = allocated_bytes() - before_model;
+  model_->init(t.seed);
+  comm_.set_compute_stream(cuda_stream(*backend_));
+  // Data parallelism: ZeRO-1 shards the optimizer over ranks; otherwise gradients are summed in
+  // buckets that start during the backward pass.
+  if (world > 1 && t.zero == 1) {
+    zero_ = std::make_unique<ZeroShard>(comm_, model_->table().total());
+    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim, zero_->begin(), zero_->end());
+  } else {
+    opt_ = std::make_unique<AdamW>(*model_, cfg_.optim);
+    if (world > 1) reducer_ = std::make_unique<GradReducer>(comm_, model_->grads(), bucket_elems());
+  }
+
+  BT_CHECK(!cfg_.load_from_vanilla.enable, "load_from_vanilla is not built yet");
   // Where to start from: a checkpoint (resume), official weights (fine-tuning), or the init.
   std::string resume_dir;
   if (topt_.resume == "auto") {
@@ -269,6 +273,9 @@ std::string Trainer::save_checkpoint() {
         {"world_size", comm_.world()},
         {"precision", cfg_.train.precision},
         {"data_train", cfg_.data.train},
+        // the data's EOS and the id its pads (and generation's prompt pads) use
+        {"eos_id", loader_->source().eos_id()},
+        {"pad_id", loader_->source().pad_id()},
     };
     // The tokenizer files of the data, so generate / eval need only the checkpoint.
     if (!cfg_.data.train.empty()) {

@@ -6,6 +6,8 @@
 // sync counters of the CPU backend), the memory plan is what the generator allocates, the
 // chunked prefill and the profiled run give the same tokens, and `bt bench infer --batch auto`.
 #include <gtest/gtest.h>
+
+#include <sstream>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -224,6 +226,26 @@ TEST(Generate, CommandLineCachedEqualsNaive) {
   EXPECT_NE(cached.find("=== sample 2"), std::string::npos) << cached;
   EXPECT_NE(cached.find("ids: "), std::string::npos) << cached;
   EXPECT_EQ(cached, naive);
+
+  // The prompt pad is the model's pad token (here the byte tokenizer's EOS, 256), whatever the stop
+  // token: `--eos-id -1` continues past EOS but pads the prompts ('Hello': 5 bytes, 3 pads in front)
+  // the same way, so each sample it prints starts with what the default printed.
+  auto ids = [](const std::string& out) {
+    std::vector<std::string> v;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("ids:", 0) == 0) v.push_back(line.substr(4));
+    return v;
+  };
+  const auto by_default = ids(cached), no_stop = ids(run("--eos-id -1")), pad_eos = ids(run("--pad-id 256")),
+             pad_zero = ids(run("--pad-id 0"));
+  ASSERT_EQ(by_default.size(), 2u);
+  ASSERT_EQ(no_stop.size(), 2u);
+  for (size_t i = 0; i < 2; ++i)
+    EXPECT_EQ(no_stop[i].rfind(by_default[i], 0), 0u) << "sample " << i << ": '" << no_stop[i] << "' vs '"
+                                                      << by_default[i] << "'";
+  EXPECT_EQ(pad_eos, by_default);
+  EXPECT_NE(pad_zero, by_default) << "the pad id should change the output of an unaligned prompt";
   fs::remove_all(tmp);
 }
 

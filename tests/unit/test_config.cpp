@@ -250,8 +250,29 @@ TEST(Config, LoadConfigFromFileUsesPathInMessages) {
 TEST(Config, InvariantsNameTheKeyAndLine) {
   EXPECT_EQ(parse_error(with("dim: 16}", "dim: 8}")),
             "x.yaml:7: model.embedder.dim (8) x model.block_length (4) = 32 must equal "
-            "model.block_decoder.dim (64); the embedder concatenates L_B token embeddings into one "
-            "block embedding");
+            "model.block_decoder.dim (64); the concat embedder puts L_B token embeddings side by side "
+            "(projection_method: projection_layer maps any embedder.dim to the block decoder's width)");
+  // projection_layer: any embedder width
+  EXPECT_NO_THROW(parse(with("dim: 16}", "dim: 8, projection_method: projection_layer}")));
+  // summation: prefix_length (the expansion ratio) is L_B, filled in when absent
+  EXPECT_EQ(parse_error(with("prefix_length: 2}", "prefix_length: 2, decoding_strategy: summation}")),
+            "x.yaml:9: model.token_decoder.prefix_length (2) is the expansion ratio; decoding_strategy summation "
+            "adds one expanded vector to each of the L_B inputs, so it must be model.block_length (4) or left out");
+  EXPECT_EQ(parse(with(", prefix_length: 2}", ", decoding_strategy: summation}")).model.token_decoder.prefix_length,
+            4);
+  EXPECT_EQ(parse_error(with("  block_length: 4\n", "  block_length: 4\n  pad_token_id: 512\n")),
+            "x.yaml:7: model.pad_token_id must be -1 (the tokenizer's EOS) or a token id below model.vocab_size "
+            "(512), got 512");
+  EXPECT_EQ(parse(with("  block_length: 4\n", "  block_length: 4\n  bos_token_id: 3\n")).model.bos_token_id, 3);
+  // uptraining
+  const std::string up = std::string(kBlock) + "load_from_vanilla:\n  enable: true\n";
+  EXPECT_EQ(parse_error(up), "x.yaml:16: load_from_vanilla.checkpoint_path is empty: give the vanilla checkpoint "
+                             "directory or its model.safetensors (ours, or an HF GPT-NeoX / Pythia file)");
+  EXPECT_EQ(parse_error(up + "  checkpoint_path: v/model.safetensors\n  initialize_mean_embedder_projection: true\n"),
+            "x.yaml:18: load_from_vanilla.initialize_mean_embedder_projection needs "
+            "model.embedder.projection_method: projection_layer (the concat embedder has no projection)");
+  EXPECT_EQ(parse_error(up + "  checkpoint_path: v\n  method: stack\n"),
+            "x.yaml:18: load_from_vanilla.method must be one of partition | skip | duplicate (got 'stack')");
   EXPECT_EQ(parse_error(with("context_length: 64", "context_length: 66")),
             "x.yaml:5: model.context_length (66) must be divisible by model.block_length (4)");
   EXPECT_EQ(parse_error(with("dim: 64, heads: 2}", "dim: 64, heads: 3}")),
@@ -282,6 +303,11 @@ TEST(Config, EnumsAreChecked) {
             "x.yaml:3: model.kind must be one of block | vanilla (got 'blok')");
   EXPECT_EQ(parse_error(with("kind: lookup", "kind: roberta")),
             "x.yaml:7: model.embedder.kind must be one of lookup (got 'roberta')");
+  EXPECT_EQ(parse_error(with("dim: 16}", "dim: 16, projection_method: mean}")),
+            "x.yaml:7: model.embedder.projection_method must be one of concat | projection_layer (got 'mean')");
+  EXPECT_EQ(parse_error(with("prefix_length: 2}", "prefix_length: 2, decoding_strategy: cross_attention}")),
+            "x.yaml:9: model.token_decoder.decoding_strategy must be one of prefix | summation (got "
+            "'cross_attention')");
   EXPECT_CONTAINS(parse_error(std::string(kBlock) + "optim:\n  schedule: linear\n"),
                   "x.yaml:16: optim.schedule must be one of cosine | constant");
   EXPECT_CONTAINS(parse_error(std::string(kBlock) + "optim:\n  decay: some\n"),
@@ -412,8 +438,13 @@ TEST(Config, RoundTripEveryFieldChanged) {
   c.model.context_length = 96;
   c.model.block_length = 8;
   c.model.embedder_dim = 12;
+  c.model.projection_method = "projection_layer";
   c.model.block_decoder = {3, 96, 3, 100, 0};
-  c.model.token_decoder = {2, 40, 5, 77, 3};
+  c.model.token_decoder = {2, 40, 5, 77, 8};
+  c.model.decoding_strategy = "summation";
+  c.model.pad_token_id = 7;
+  c.model.bos_token_id = 0;
+  c.load_from_vanilla = {true, "v/model.safetensors", "skip", false, false};
   c.model.rotary_pct = 0.5;
   c.model.rotary_base = 12345.678;
   c.model.layernorm_eps = 1.0 / 3.0 * 1e-6;
@@ -469,8 +500,10 @@ TEST(Config, RoundTripVanillaAndLayout) {
   EXPECT_CONTAINS(y, "  synthetic: \"repeat:7\"\n");
   y = bt::to_yaml(parse(kBlock));
   EXPECT_EQ(y.rfind("name: t\nmodel:\n  kind: block\n", 0), 0u) << y;
-  EXPECT_CONTAINS(y, "  embedder: {kind: lookup, dim: 16}\n");
-  EXPECT_CONTAINS(y, "  token_decoder: {layers: 1, dim: 32, heads: 1, ffn_dim: 96, prefix_length: 2}\n");
+  EXPECT_CONTAINS(y, "  embedder: {kind: lookup, dim: 16, projection_method: concat}\n");
+  EXPECT_CONTAINS(y, "  token_decoder: {layers: 1, dim: 32, heads: 1, ffn_dim: 96, prefix_length: 2, "
+                     "decoding_strategy: prefix}\n");
+  EXPECT_CONTAINS(y, "  pad_token_id: -1\n  bos_token_id: -1\nload_from_vanilla:\n  enable: false\n");
   EXPECT_EQ(y.find("  decoder:"), std::string::npos) << y;
   for (const char* key : {"\ndata:\n", "\noptim:\n", "\ntrain:\n", "  rotary_base: 10000.0\n",
                           "  grad_clip: 1.0\n", "  layernorm_eps: 1.0e-05\n", "  betas: [0.9, 0.95]\n",
