@@ -29,7 +29,8 @@ void bench_train(const BenchTrainOptions& o) {
   std::unique_ptr<Backend> prof = o.profile ? make_profiling_backend(*device_be) : nullptr;
   Backend* be = prof ? prof.get() : device_be.get();
   const int B = cfg.train.micro_batch, L = cfg.model.context_length;
-  Model model(cfg.model, *be, B);
+  // The special tokens the config leaves at -1 are the synthetic streams' EOS, the last id.
+  Model model(with_token_ids(cfg.model, cfg.model.vocab_size - 1), *be, B);
   model.init(cfg.train.seed);
   AdamW opt(model, cfg.optim);
   Rng rng(1);

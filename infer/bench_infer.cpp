@@ -59,7 +59,8 @@ std::unique_ptr<Bench> make_bench(const Config& cfg, const std::string& device) 
   bo.precision = cfg.train.precision;
   if (device == "cpu" || (device == "auto" && !cuda_available())) bo.precision = "fp32";
   b->be = make_backend(bo);
-  b->model = std::make_unique<Model>(cfg.model, *b->be, 0);
+  // random tokens and weights: the special tokens the config leaves at -1 are the last id
+  b->model = std::make_unique<Model>(with_token_ids(cfg.model, cfg.model.vocab_size - 1), *b->be, 0);
   b->model->init(cfg.train.seed);
   b->gen = std::make_unique<Generator>(*b->model);
   return b;

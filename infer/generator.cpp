@@ -31,9 +31,12 @@ enum Slot : int {
   kPromptEmb = 7,    // [rows, C] their embeddings
   kBlockEmb = 8,     // [B, D_B] the block embedding of a block-decoder step
   kTokEmb = 9,       // [B, D] the token embedding of a token step
-  kPrefixHead = 10,  // [B, (R-1) * D_T] prefix vectors P_1 .. P_{R-1}
-  kPrefixLast = 11,  // [B, D_T] prefix vector P_R
+  kPrefixHead = 10,  // prefix: [B, (R-1) * D_T] prefix vectors P_1 .. P_{R-1}; summation: [L_B, B, D_T] E_1 .. E_{L_B}
+  kPrefixLast = 11,  // prefix: [B, D_T] prefix vector P_R; summation: [B, D_T] the token decoder's input
   kLogits = 12,      // [B, V]
+  kLookT = 13,       // projection_layer: [rows / L_B, E * L_B] channel-major lookups of the blocks being embedded
+  kBlocks = 14,      // projection_layer: [rows / L_B, D_B] block vectors
+  kBos = 15,         // summation: [B] i32 BOS, the token decoder's first input
   kCacheBase = 16,   // then k, v per layer of the first stack, then of the token decoder
 };
 // Counters (kCounters).
@@ -80,19 +83,29 @@ Shapes decode_shapes(const ModelConfig& m, DType act, int64_t B, int64_t NP, int
     const int64_t LB = m.block_length, E = m.embedder_dim, DT = m.token_decoder.dim;
     const int64_t R = m.token_decoder.prefix_length, G = ceil_div(gen, LB);
     s.chunk = std::max<int64_t>(1, std::min(rows / B, std::max<int64_t>(1, NP - 1)));
+    const int64_t DB = m.block_decoder.dim;
     add(kHist, {B, LB}, DType::i32);
     add(kPromptIds, {B * s.chunk * LB}, DType::i32);
     add(kPromptEmb, {B * s.chunk * LB, E}, act);
     add(kBlockEmb, {B * LB, E}, act);
     add(kTokEmb, {B, DT}, act);
-    if (R > 1) add(kPrefixHead, {B, (R - 1) * DT}, act);
+    if (m.projection_layer()) {  // the prefill's blocks (>= the B blocks of a block-decoder step)
+      add(kLookT, {B * s.chunk, E * LB}, act);
+      add(kBlocks, {B * s.chunk, DB}, act);
+    }
+    if (m.summation()) {
+      add(kPrefixHead, {R * B, DT}, act);  // R = L_B
+      add(kBos, {B}, DType::i32);
+    } else if (R > 1) {
+      add(kPrefixHead, {B, (R - 1) * DT}, act);
+    }
     add(kPrefixLast, {B, DT}, act);
     s.T1 = NP + G;
-    s.T2 = R + LB;
+    s.T2 = m.summation() ? LB : R + LB;
     caches(m.block_decoder, s.T1, kCacheBase);
     caches(m.token_decoder, s.T2, kCacheBase + 2 * m.block_decoder.layers);
     s.rows1 = B * s.chunk;
-    s.rows2 = B * std::max<int64_t>(1, R - 1);
+    s.rows2 = m.summation() ? B : B * std::max<int64_t>(1, R - 1);
   } else {
     const int64_t D = m.decoder.dim;
     s.chunk = std::max<int64_t>(1, std::min(rows / B, std::max<int64_t>(1, NP - 1)));
@@ -114,6 +127,7 @@ std::atomic<uint64_t> g_generators{0};
 struct Generator::Layout {
   int64_t B = 0, chunk = 1;
   Tensor start, seq, done, ids, hist, ctr, prompt_ids, prompt_emb, block_emb, tok_emb, p_head, p_last, logits;
+  Tensor look_t, blocks, bos;  // projection_layer, summation
   KVCache c1, c2;  // block: block decoder, token decoder; vanilla: c1
 };
 
@@ -204,6 +218,9 @@ Generator::Layout Generator::layout(int64_t B, int64_t NP, int64_t gen, int64_t 
   l.p_head = get(kPrefixHead);
   l.p_last = get(kPrefixLast);
   l.logits = get(kLogits);
+  l.look_t = get(kLookT);
+  l.blocks = get(kBlocks);
+  l.bos = get(kBos);
   last_logits_ = l.logits;
   auto cache = [&](const StackDims& d, int64_t T, int base) {
     KVCache c;
@@ -337,6 +354,8 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
   const int64_t B = static_cast<int64_t>(prompts.size()), LB = m.block_length, E = m.embedder_dim;
   const int64_t DB = m.block_decoder.dim, DT = m.token_decoder.dim, R = m.token_decoder.prefix_length;
   const int64_t G = ceil_div(o.max_new_tokens, LB);  // blocks to generate
+  const bool summation = m.summation();
+  const int64_t S0 = model_.row_start();  // the token decoder's position of t_1: R (prefix) or 1 (summation)
 
   // Prompt blocks: in-block left padding with pad_id (embedded, as in training with
   // random_pad_first_block), then whole pad blocks to align the batch (hidden by start).
@@ -355,7 +374,6 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
 
   const TransferStats t0 = be_.transfers();
   Layout L = layout(B, NB, o.max_new_tokens, o.prefill_rows);
-  const Tensor emb_table = model_.param("embedder.embeddings.weight");      // [V, E]
   const Tensor w_exp = model_.param("token_decoder.expansion_layer.weight");  // [R * D_T, D_B]
   const Tensor b_exp = model_.param("token_decoder.expansion_layer.bias");    // [R * D_T]
   const Tensor td_table = model_.param("token_decoder.gpt_neox.embed_in.weight");  // [V, D_T]
@@ -370,15 +388,19 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
   Timer timer;
 
   // Setup: pad starts, streams, stop flags, counters (s = 0, the token decoder's first step
-  // position R, the block decoder's first new block NB).
+  // position S0, the block decoder's first new block NB), summation's BOS ids.
   std::vector<int32_t> streams = o.streams;
   if (streams.empty())
     for (int64_t b = 0; b < B; ++b) streams.push_back(static_cast<int32_t>(b));
   be_.upload(L.start, start.data(), DType::i32);
   be_.upload(L.seq, streams.data(), DType::i32);
   be_.zero(L.done);
-  const int32_t ctr0[4] = {0, static_cast<int32_t>(R), static_cast<int32_t>(NB), 0};
+  const int32_t ctr0[4] = {0, static_cast<int32_t>(S0), static_cast<int32_t>(NB), 0};
   be_.upload(L.ctr, ctr0, DType::i32);
+  if (summation) {
+    const std::vector<int32_t> bos(B, m.bos_token_id);
+    be_.upload(L.bos, bos.data(), DType::i32);
+  }
   const Tensor step = L.ctr.slice0(kStep, kStep + 1), td_pos = L.ctr.slice0(kTdPos, kTdPos + 1),
                bd_pos = L.ctr.slice0(kBdPos, kBdPos + 1);
   const DecodeState st{L.ids, L.hist, L.done, L.seq, step};
@@ -391,18 +413,20 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
       std::copy_n(grid.begin() + b * NB * LB + first * LB, nblocks * LB, ids.begin() + b * nblocks * LB);
     return ids;
   };
+  // The model's embedder (concat or projection_layer) on n blocks of ids already on the device
+  // -> [n, D_B]; look holds the lookups.
+  auto embed = [&](Tensor ids, int64_t n, Tensor look) { return model_.embed_blocks(ids, n, look, L.look_t, L.blocks); };
+  auto embed_prompt = [&](int64_t first, int64_t n) {  // n prompt blocks of every row -> [B, n, D_B]
+    const std::vector<int32_t> ids = block_ids(first, n);
+    Tensor t(L.prompt_ids.data, {B * n * LB}, DType::i32, L.prompt_ids.device);
+    be_.upload(t, ids.data(), DType::i32);
+    return embed(t, B * n, L.prompt_emb).view({B, n, DB});
+  };
   for (int64_t first = 0; first < NB - 1; first += L.chunk) {
     const int64_t n = std::min(L.chunk, NB - 1 - first);
-    Tensor x(L.prompt_emb.data, {B * n * LB, E}, L.prompt_emb.dtype, L.prompt_emb.device);
-    embed_host_ids(x, block_ids(first, n), L.prompt_ids, emb_table);
-    bd_->forward_cached(x.view({B, n, DB}), B, n, first, L.c1, L.start);
+    bd_->forward_cached(embed_prompt(first, n), B, n, first, L.c1, L.start);
   }
-  {
-    Tensor x(L.prompt_emb.data, {B * LB, E}, L.prompt_emb.dtype, L.prompt_emb.device);
-    embed_host_ids(x, block_ids(NB - 1, 1), L.prompt_ids, emb_table);
-  }
-  const Tensor ctx = bd_->forward_cached(Tensor(L.prompt_emb.data, {B, 1, DB}, L.prompt_emb.dtype, L.prompt_emb.device),
-                                         B, 1, NB - 1, L.c1, L.start);  // [B, 1, D_B]
+  const Tensor ctx = bd_->forward_cached(embed_prompt(NB - 1, 1), B, 1, NB - 1, L.c1, L.start);  // [B, 1, D_B]
 
   // The steps. Each is a fixed sequence of ops; what changes between calls is on the device.
   DecodePhases ph;
@@ -416,12 +440,27 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
       be_.add_i32(L.ctr, advance);
     });
   };
+  // summation: the expansion E_1 .. E_{L_B} of ctx, one contiguous [B, D_T] each (p_head[j]),
+  // and the token decoder's input e(x) + E_{j+1} at position j (x = BOS, t_1 .. t_{L_B-1}).
+  auto sum_input = [&](Tensor x_ids, int64_t j) {
+    be_.embedding_forward(L.tok_emb, x_ids, td_table);
+    be_.add_forward(L.p_last, L.tok_emb, L.p_head.slice0(j * B, (j + 1) * B), Tensor());
+    return L.p_last.view({B, 1, DT});
+  };
   // ctx -> P_1 .. P_R through the token decoder (its local cache starts empty for every block)
-  // -> the block's first token (column 0 of hist).
+  // -> the block's first token (column 0 of hist). summation: ctx -> E_1 .. E_{L_B}, then
+  // e(BOS) + E_1 at position 0.
   auto td_prefix = [&] {
     Tensor h;
     phase(at(&DecodePhases::token_decoder), [&] {
       const Tensor ctx2 = ctx.view({B, DB});
+      if (summation) {
+        for (int64_t j = 0; j < LB; ++j)
+          be_.matmul_forward(L.p_head.slice0(j * B, (j + 1) * B), ctx2, w_exp.slice0(j * DT, (j + 1) * DT),
+                             b_exp.slice0(j * DT, (j + 1) * DT));
+        h = td_->forward_cached(sum_input(L.bos, 0), B, 1, 0, L.c2, Tensor());
+        return;
+      }
       if (R > 1) {
         be_.matmul_forward(L.p_head, ctx2, w_exp.slice0(0, (R - 1) * DT), b_exp.slice0(0, (R - 1) * DT));
         td_->forward_cached(L.p_head.view({B, R - 1, DT}), B, R - 1, 0, L.c2, Tensor());
@@ -432,21 +471,25 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
     head_and_sample(h, {1, 0, 0, 0});
   };
   // The newest token at the token decoder's position td_pos -> the next token of the block.
-  auto td_step = [&] {
+  // summation: t_j enters at position j (= td_pos) with E_{j+1}, whose buffer the host names, so
+  // each j is its own step.
+  auto td_step_at = [&](int64_t j) {
     Tensor h;
     phase(at(&DecodePhases::token_decoder), [&] {
-      be_.embedding_forward(L.tok_emb, L.ids, td_table);
-      h = td_->forward_cached(L.tok_emb.view({B, 1, DT}), B, 1, 0, L.c2, Tensor(), td_pos);
+      Tensor x = L.tok_emb.view({B, 1, DT});
+      if (summation) x = sum_input(L.ids, j);
+      else be_.embedding_forward(L.tok_emb, L.ids, td_table);
+      h = td_->forward_cached(x, B, 1, 0, L.c2, Tensor(), td_pos);
     });
     head_and_sample(h, {1, 1, 0, 0});
   };
   // The finished block (hist) -> one block-decoder step at bd_pos -> the next block's first token.
   auto bd_step = [&] {
     phase(at(&DecodePhases::block_decoder), [&] {
-      be_.embedding_forward(L.block_emb, L.hist.view({B * LB}), emb_table);
-      const Tensor out = bd_->forward_cached(L.block_emb.view({B, 1, DB}), B, 1, 0, L.c1, L.start, bd_pos);
+      const Tensor x = embed(L.hist.view({B * LB}), B, L.block_emb);
+      const Tensor out = bd_->forward_cached(x.view({B, 1, DB}), B, 1, 0, L.c1, L.start, bd_pos);
       BT_CHECK(out.data == ctx.data, "generate: the block decoder's output moved");
-      be_.add_i32(L.ctr, {0, -static_cast<int32_t>(LB - 1), 1, 0});  // td_pos back to R; next block
+      be_.add_i32(L.ctr, {0, -static_cast<int32_t>(LB - 1), 1, 0});  // td_pos back to S0; next block
     });
     td_prefix();
   };
@@ -467,7 +510,10 @@ GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>
   int64_t produced = 0;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t n = std::min(LB, o.max_new_tokens - produced);  // tokens of this block
-    for (int64_t j = 1; j < n; ++j) run(kTdStep, td_step);
+    for (int64_t j = 1; j < n; ++j) {
+      if (summation) run(kTdStep + 8 * static_cast<int>(j), [&] { td_step_at(j); });
+      else run(kTdStep, [&] { td_step_at(j); });
+    }
     phase(&ph.host, [&] {
       be_.download(h_hist.data(), DType::i32, L.hist);
       for (int64_t b = 0; b < B; ++b)
@@ -588,7 +634,7 @@ size_t kv_bytes_per_sequence(const ModelConfig& m, size_t elem_bytes, int64_t pr
   if (m.is_block()) {
     const int64_t LB = m.block_length;
     const int64_t blocks = std::max<int64_t>(1, ceil_div(prompt, LB)) + ceil_div(gen, LB);
-    const int64_t local = m.token_decoder.prefix_length + LB;
+    const int64_t local = m.summation() ? LB : m.token_decoder.prefix_length + LB;
     return elem_bytes * 2 *
            (size_t(m.block_decoder.layers) * m.block_decoder.dim * blocks +
             size_t(m.token_decoder.layers) * m.token_decoder.dim * local);
@@ -607,10 +653,12 @@ std::vector<std::vector<int32_t>> generate_naive(Model& model, const std::vector
   std::vector<float> row(V);
   for (size_t b = 0; b < prompts.size(); ++b) {
     std::vector<int32_t> seq;
+    int64_t pads = 0;  // in front of the prompt
     if (m.is_block()) {
       const int64_t LB = m.block_length;
       const int64_t n = static_cast<int64_t>(prompts[b].size());
-      seq.assign(std::max<int64_t>(1, ceil_div(n, LB)) * LB - n, o.pad_id);
+      pads = std::max<int64_t>(1, ceil_div(n, LB)) * LB - n;
+      seq.assign(pads, o.pad_id);
     } else {
       BT_CHECK(!prompts[b].empty(), "prompt ", b + 1, " is empty");
     }
@@ -620,7 +668,10 @@ std::vector<std::vector<int32_t>> generate_naive(Model& model, const std::vector
       BT_CHECK(n < L, "generate_naive: the sequence (", n, " tokens) no longer fits model.context_length ", L);
       std::vector<int32_t> window(seq);
       window.resize(L, o.pad_id);  // positions >= n do not influence the logits at n (causality)
-      model.forward(window.data(), nullptr, 1);
+      // The pad mask of training: the front pads and the tail are pads.
+      std::vector<uint8_t> mask(L, 0);
+      std::fill(mask.begin() + pads, mask.begin() + n, uint8_t(1));
+      model.forward(window.data(), mask.data(), 1);
       const int64_t r = model.logit_row(0, n);
       be.download(row.data(), DType::f32, model.logits().slice0(r, r + 1));
       const int32_t t = sampler.sample(row.data(), V, static_cast<int>(b));

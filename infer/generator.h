@@ -3,10 +3,12 @@
 // Block model (docs/design.md §2.4): each prompt is left-padded with pad_id to a multiple of L_B (at least
 // one block); a batch is further aligned with whole pad blocks that attention_cached hides
 // (start[b] = number of whole pad blocks). The block decoder runs once over the prompt blocks
-// into a block-level cache; the last context embedding goes through the prefix expansion; the
-// token decoder prefills the R prefix vectors into a local cache of R + L_B positions and then
-// takes one token per step, L_B times; the new block is embedded and the block decoder takes one
-// incremental step. The context embedding of block i conditions block i+1, as in training.
+// (embedded by the model's embedder, concat or projection_layer) into a block-level cache; the last
+// context embedding goes through the expansion; with the prefix strategy the token decoder
+// prefills the R prefix vectors into a local cache of R + L_B positions and then takes one token
+// per step, L_B times; with summation it takes e(BOS) + E_1, then e(t_j) + E_{j+1}, in a local cache
+// of L_B positions. The new block is embedded and the block decoder takes one incremental step.
+// The context embedding of block i conditions block i+1, as in training.
 // Vanilla model: the prompt is left-padded to the longest one (pads hidden by start[b]),
 // prefilled into the cache, then one token per step.
 //

@@ -171,6 +171,11 @@ class Backend {
   // h [rows, S, D] -> out [rows, LB, D]: positions R-1 .. S-1 (those that predict t_1..t_LB).
   virtual void td_select_forward(Tensor out, Tensor h, int R, int LB) = 0;
   virtual void td_select_backward(Tensor dh, Tensor dout, int R, int LB) = 0;
+  // in [n, A, C] -> out [n, C, A]: out[i, c, a] = in[i, a, c]. The projection_layer embedder
+  // reorders a block's L_B token vectors [L_B, E] into the Conv1d's channel-major [E, L_B].
+  virtual void transpose_forward(Tensor out, Tensor in) = 0;
+  // din [n, A, C] += dout [n, C, A] transposed back.
+  virtual void transpose_backward(Tensor din, Tensor dout) = 0;
 
   // ---- classifier ---------------------------------------------------------------------------
   // logits [n, V], targets [n] i32 (-1 ignored) -> losses [n] in grad_dtype() (0 where ignored) and, when

@@ -22,8 +22,10 @@ void LossStats::add(const LossStats& o) {
 Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts)
     : cfg_(cfg), be_(be), table_(cfg), max_B_(max_batch) {
   BT_CHECK(max_batch >= 0, "model: micro batch must be >= 1 (or 0 for an inference-only model)");
-  BT_CHECK(!cfg.is_block() || (!cfg.projection_layer() && !cfg.summation()),
-           "model: projection_method projection_layer and decoding_strategy summation are not built yet");
+  BT_CHECK(!cfg.is_block() || !cfg.summation() || cfg.bos_token_id >= 0,
+           "model: decoding_strategy summation starts each token-decoder row with model.bos_token_id, which is -1 "
+           "(the tokenizer's EOS) and was not resolved: no tokenizer or training data gave an EOS; set "
+           "model.bos_token_id");
   const int64_t total = static_cast<int64_t>(table_.total());
   const int64_t padded =
       shard_parts > 1 ? static_cast<int64_t>(flat_chunk(table_.total(), shard_parts)) * shard_parts : total;
@@ -42,7 +44,7 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
     const int64_t LB = cfg.block_length, N = cfg.num_blocks();
     BT_CHECK(N >= 2, "model.context_length (", L, ") must hold at least 2 blocks of model.block_length (", LB, ")");
     const int64_t DB = cfg.block_decoder.dim, DT = cfg.token_decoder.dim, R = cfg.token_decoder.prefix_length;
-    const int64_t S = R + LB - 1, rows_td = B * (N - 1);
+    const int64_t E = cfg.embedder_dim, S = row_length(), rows_td = B * (N - 1);
     rows = rows_td * LB;
     block_dec_ = std::make_unique<TransformerStack>(
         be_, StackDims::from(cfg.block_decoder, cfg),
@@ -59,17 +61,27 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
     keys_b_ = be_.alloc({rows_td, S}, DType::i32);
     first_b_ = be_.alloc({rows_td}, DType::i32);
     emb_b_ = be_.alloc({B, N, DB}, a);
+    d_emb_b_ = be_.alloc({B, N, DB}, a);
+    if (cfg.projection_layer()) {
+      look_ = be_.alloc({B * L, E}, a);
+      look_t_ = be_.alloc({B * N, E * LB}, a);
+      d_look_ = be_.alloc({B * L, E}, a);
+      d_look_t_ = be_.alloc({B * N, E * LB}, a);
+    }
     prefix_ = be_.alloc({B, N, R * DT}, a);
-    tok_emb_ = be_.alloc({B, L, DT}, a);
+    if (cfg.summation()) {
+      td_ids_ = be_.alloc({rows_td * LB}, DType::i32);
+    } else {
+      tok_emb_ = be_.alloc({B, L, DT}, a);
+      d_tok_emb_ = be_.alloc({B, L, DT}, a);
+    }
     td_in_ = be_.alloc({rows_td, S, DT}, a);
     td_sel_ = be_.alloc({rows, DT}, a);
     d_sel_ = be_.alloc({rows, DT}, a);
     d_td_out_ = be_.alloc({rows_td, S, DT}, a);
     d_td_in_ = be_.alloc({rows_td, S, DT}, a);
     d_prefix_ = be_.alloc({B, N, R * DT}, a);
-    d_tok_emb_ = be_.alloc({B, L, DT}, a);
     d_ctx_ = be_.alloc({B, N, DB}, a);
-    d_emb_b_ = be_.alloc({B, N, DB}, a);
   } else {
     const int64_t D = cfg.decoder.dim;
     rows = B * L;
@@ -136,6 +148,27 @@ void Model::build_targets(const int32_t* tokens, const uint8_t* mask, int B) {
   }
 }
 
+int64_t Model::row_start() const { return cfg_.summation() ? 1 : cfg_.token_decoder.prefix_length; }
+int64_t Model::row_length() const { return row_start() + cfg_.block_length - 1; }
+
+namespace {
+// The first elements of a buffer as a tensor of shape s.
+Tensor head(Tensor t, Shape s) {
+  BT_CHECK(s.numel() <= t.numel(), "model: a buffer of ", t.numel(), " elements viewed as ", s.str());
+  return Tensor(t.data, s, t.dtype, t.device);
+}
+}  // namespace
+
+Tensor Model::embed_blocks(Tensor ids, int64_t n, Tensor look, Tensor look_t, Tensor out) {
+  const int64_t LB = cfg_.block_length, E = cfg_.embedder_dim, DB = cfg_.block_decoder.dim;
+  be_.embedding_forward(head(look, {n * LB, E}), ids, param("embedder.embeddings.weight"));
+  if (!cfg_.projection_layer()) return head(look, {n, DB});  // concat: the L_B lookups side by side
+  be_.transpose_forward(head(look_t, {n, E, LB}), head(look, {n, LB, E}));
+  be_.matmul_forward(head(out, {n, DB}), head(look_t, {n, E * LB}), param("embedder.projection_layer.weight"),
+                     param("embedder.projection_layer.bias"));
+  return head(out, {n, DB});
+}
+
 AttnMask Model::upload_mask(const std::vector<int32_t>& keys, int64_t rows, int64_t T, Tensor keys_buf,
                             Tensor first_buf) {
   h_first_.assign(rows, int32_t(T));
@@ -176,7 +209,8 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
   Tensor head;
   if (cfg_.is_block()) {
     const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
-    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length, S = R + LB - 1;
+    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
+    const int64_t P = row_start(), S = row_length();  // t_1 sits at position P of a row of S
     const int64_t rows_td = int64_t(B) * (N - 1);
     // Pads hidden from attention (the official attention_mask): a block is hidden from the block
     // decoder when all its tokens are pads; in a token-decoder row the prefix is always visible
@@ -192,26 +226,45 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i + 1 < N; ++i)
           for (int64_t j = 0; j + 1 < LB; ++j)
-            h_keys_[(b * (N - 1) + i) * S + R + j] = mask[b * L + (i + 1) * LB + j] ? 1 : 0;
+            h_keys_[(b * (N - 1) + i) * S + P + j] = mask[b * L + (i + 1) * LB + j] ? 1 : 0;
       mask_b_ = upload_mask(h_keys_, rows_td, S, keys_b_, first_b_);
     }
-    // 1. lookup embedder: L_B token vectors of width D_B/L_B concatenated per block
-    Tensor emb_b(emb_b_.data, {int64_t(B) * L, DB / LB}, emb_b_.dtype, emb_b_.device);
-    be_.embedding_forward(emb_b, tok, param("embedder.embeddings.weight"));
+    // 1. lookup embedder: L_B token vectors of width E per block, concatenated (D_B = L_B E) or
+    //    through the projection_layer
+    Tensor emb_b = embed_blocks(tok, int64_t(B) * N, cfg_.projection_layer() ? look_ : emb_b_, look_t_, emb_b_);
     // 2. block decoder over N block embeddings
     ctx_ = block_dec_->forward(emb_b.view({B, N, DB}), B, N, mask_a_);  // [B, N, D_B]
-    // 3. prefix expansion of every context embedding (the last block's is unused)
+    // 3. expansion of every context embedding into R vectors (the last block's is unused)
     Tensor prefix(prefix_.data, {int64_t(B) * N, R * DT}, prefix_.dtype, prefix_.device);
     be_.matmul_forward(prefix, ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"),
                        param("token_decoder.expansion_layer.bias"));
-    // 4. token decoder rows [P_1..P_R, e(t_1)..e(t_{L_B-1})] for target blocks 1..N-1
-    Tensor tok_emb(tok_emb_.data, {int64_t(B) * L, DT}, tok_emb_.dtype, tok_emb_.device);
-    be_.embedding_forward(tok_emb, tok, param("token_decoder.gpt_neox.embed_in.weight"));
+    // 4. token decoder rows for target blocks 1..N-1
     Tensor td_in(td_in_.data, {rows_td, S, DT}, td_in_.dtype, td_in_.device);
-    be_.td_assemble_forward(td_in, prefix.view({B, N, R * DT}), tok_emb.view({B, L, DT}), int(R), int(LB));
+    if (!cfg_.summation()) {
+      // prefix: [P_1..P_R, e(t_1)..e(t_{L_B-1})]
+      Tensor tok_emb(tok_emb_.data, {int64_t(B) * L, DT}, tok_emb_.dtype, tok_emb_.device);
+      be_.embedding_forward(tok_emb, tok, param("token_decoder.gpt_neox.embed_in.weight"));
+      be_.td_assemble_forward(td_in, prefix.view({B, N, R * DT}), tok_emb.view({B, L, DT}), int(R), int(LB));
+    } else {
+      // summation: [e(BOS) + E_1, e(t_1) + E_2, .., e(t_{L_B-1}) + E_{L_B}], E = the L_B expanded vectors
+      h_td_ids_.resize(size_t(rows_td) * LB);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i + 1 < N; ++i) {
+          int32_t* row = h_td_ids_.data() + (b * (N - 1) + i) * LB;
+          row[0] = cfg_.bos_token_id;
+          for (int64_t j = 0; j + 1 < LB; ++j) row[j + 1] = tokens[b * L + (i + 1) * LB + j];
+        }
+      Tensor ids(td_ids_.data, {rows_td * LB}, DType::i32, td_ids_.device);
+      be_.upload(ids, h_td_ids_.data(), DType::i32);
+      be_.embedding_forward(td_in.view({rows_td * LB, DT}), ids, param("token_decoder.gpt_neox.embed_in.weight"));
+      // the rows of sequence b are contiguous, and so are its blocks 0..N-2 in prefix: one add each
+      for (int64_t b = 0; b < B; ++b)
+        be_.accumulate(td_in.slice0(b * (N - 1), (b + 1) * (N - 1)), prefix.slice0(b * N, b * N + N - 1).view(
+                                                                          {N - 1, S, DT}));
+    }
     td_out_ = token_dec_->forward(td_in, rows_td, S, mask_b_);
     sel = Tensor(td_sel_.data, {rows_td * LB, DT}, td_sel_.dtype, td_sel_.device);
-    be_.td_select_forward(sel, td_out_, int(R), int(LB));
+    be_.td_select_forward(sel, td_out_, int(P), int(LB));
     head = param("token_decoder.embed_out.weight");
   } else {
     const int64_t D = cfg_.decoder.dim;
@@ -258,7 +311,8 @@ void Model::backward(const std::function<void(const Tensor&)>& on_ready) {
   Tensor dlogits(dlogits_.data, logits.shape, dlogits_.dtype, dlogits_.device);
   if (cfg_.is_block()) {
     const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
-    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length, S = R + LB - 1;
+    const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
+    const int64_t E = cfg_.embedder_dim, P = row_start(), S = row_length();
     const int64_t rows_td = int64_t(B) * (N - 1);
     Tensor sel(td_sel_.data, {rows_td * LB, DT}, td_sel_.dtype, td_sel_.device);
     Tensor d_sel(d_sel_.data, sel.shape, d_sel_.dtype, d_sel_.device);
@@ -268,27 +322,48 @@ void Model::backward(const std::function<void(const Tensor&)>& on_ready) {
     if (on_ready) on_ready(grad("token_decoder.embed_out.weight"));
     Tensor d_td_out(d_td_out_.data, {rows_td, S, DT}, d_td_out_.dtype, d_td_out_.device);
     be_.zero(d_td_out);
-    be_.td_select_backward(d_td_out, d_sel, int(R), int(LB));
+    be_.td_select_backward(d_td_out, d_sel, int(P), int(LB));
     Tensor d_td_in(d_td_in_.data, {rows_td, S, DT}, d_td_in_.dtype, d_td_in_.device);
     be_.zero(d_td_in);
     token_dec_->backward(d_td_out, d_td_in, on_ready);
-    Tensor d_prefix(d_prefix_.data, {B, N, R * DT}, d_prefix_.dtype, d_prefix_.device);
-    Tensor d_tok(d_tok_emb_.data, {B, L, DT}, d_tok_emb_.dtype, d_tok_emb_.device);
+    Tensor d_prefix(d_prefix_.data, {int64_t(B) * N, R * DT}, d_prefix_.dtype, d_prefix_.device);
     be_.zero(d_prefix);
-    be_.zero(d_tok);
-    be_.td_assemble_backward(d_prefix, d_tok, d_td_in, int(R), int(LB));
-    be_.embedding_backward(grad("token_decoder.gpt_neox.embed_in.weight"), d_tok.view({int64_t(B) * L, DT}), tok);
+    if (!cfg_.summation()) {
+      Tensor d_tok(d_tok_emb_.data, {B, L, DT}, d_tok_emb_.dtype, d_tok_emb_.device);
+      be_.zero(d_tok);
+      be_.td_assemble_backward(d_prefix.view({B, N, R * DT}), d_tok, d_td_in, int(R), int(LB));
+      be_.embedding_backward(grad("token_decoder.gpt_neox.embed_in.weight"), d_tok.view({int64_t(B) * L, DT}), tok);
+    } else {
+      Tensor ids(td_ids_.data, {rows_td * LB}, DType::i32, td_ids_.device);
+      be_.embedding_backward(grad("token_decoder.gpt_neox.embed_in.weight"), d_td_in.view({rows_td * LB, DT}), ids);
+      for (int64_t b = 0; b < B; ++b)
+        be_.accumulate(d_prefix.slice0(b * N, b * N + N - 1),
+                       d_td_in.slice0(b * (N - 1), (b + 1) * (N - 1)).view({N - 1, R * DT}));
+    }
     if (on_ready) on_ready(grad("token_decoder.gpt_neox.embed_in.weight"));
     Tensor d_ctx(d_ctx_.data, {int64_t(B) * N, DB}, d_ctx_.dtype, d_ctx_.device);
     be_.zero(d_ctx);
     be_.matmul_backward(d_ctx, grad("token_decoder.expansion_layer.weight"),
-                        grad("token_decoder.expansion_layer.bias"), d_prefix.view({int64_t(B) * N, R * DT}),
-                        ctx_.view({int64_t(B) * N, DB}), param("token_decoder.expansion_layer.weight"));
+                        grad("token_decoder.expansion_layer.bias"), d_prefix, ctx_.view({int64_t(B) * N, DB}),
+                        param("token_decoder.expansion_layer.weight"));
     Tensor d_emb(d_emb_b_.data, {B, N, DB}, d_emb_b_.dtype, d_emb_b_.device);
     be_.zero(d_emb);
     if (on_ready) on_ready(grad("token_decoder.expansion_layer.weight"));
     block_dec_->backward(d_ctx.view({B, N, DB}), d_emb, on_ready);
-    be_.embedding_backward(grad("embedder.embeddings.weight"), d_emb.view({int64_t(B) * L, DB / LB}), tok);
+    if (!cfg_.projection_layer()) {
+      be_.embedding_backward(grad("embedder.embeddings.weight"), d_emb.view({int64_t(B) * L, E}), tok);
+    } else {
+      const int64_t n = int64_t(B) * N;
+      Tensor look_t(look_t_.data, {n, E * LB}, look_t_.dtype, look_t_.device);
+      Tensor d_look_t(d_look_t_.data, {n, E * LB}, d_look_t_.dtype, d_look_t_.device);
+      Tensor d_look(d_look_.data, {n, LB, E}, d_look_.dtype, d_look_.device);
+      be_.matmul_backward(d_look_t, grad("embedder.projection_layer.weight"), grad("embedder.projection_layer.bias"),
+                          d_emb.view({n, DB}), look_t, param("embedder.projection_layer.weight"), Grad::overwrite);
+      if (on_ready) on_ready(grad("embedder.projection_layer.weight"));
+      be_.zero(d_look);
+      be_.transpose_backward(d_look, d_look_t.view({n, E, LB}));
+      be_.embedding_backward(grad("embedder.embeddings.weight"), d_look.view({n * LB, E}), tok);
+    }
     if (on_ready) on_ready(grad("embedder.embeddings.weight"));
   } else {
     const int64_t D = cfg_.decoder.dim;
@@ -318,9 +393,10 @@ double Model::flops_per_token() const {
   if (cfg_.is_block()) {
     const double LB = cfg_.block_length, N = cfg_.num_blocks();
     const double DB = cfg_.block_decoder.dim, DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
-    const double S = R + LB - 1;
+    const double S = double(row_length()), E = cfg_.embedder_dim;
+    if (cfg_.projection_layer()) fwd += 2.0 * E * LB * DB * N;  // embedder projection
     fwd += stack(cfg_.block_decoder, N, N);
-    fwd += 2.0 * DB * R * DT * N;                   // prefix expansion
+    fwd += 2.0 * DB * R * DT * N;                   // expansion
     fwd += stack(cfg_.token_decoder, (N - 1) * S, S);
     fwd += 2.0 * V * DT * (N - 1) * LB;             // head
   } else {

@@ -1,5 +1,6 @@
-// The models: the Block Transformer (docs/design.md §2.2: lookup embedder, block decoder, prefix
-// expansion, token decoder) and the vanilla GPT-NeoX baseline, as one schedule of backend ops.
+// The models: the Block Transformer (docs/design.md §2.2: lookup embedder with concat or
+// projection_layer, block decoder, expansion, token decoder with the prefix or summation strategy)
+// and the vanilla GPT-NeoX baseline, as one schedule of backend ops.
 // Parameters and gradients live in two flat buffers laid out by the ParamTable.
 #pragma once
 #include <memory>
@@ -68,6 +69,16 @@ class Model {
   // Model FLOPs per trained token (forward + backward), docs/design.md §8: 6 x matmul params + attention.
   double flops_per_token() const;
 
+  // The embedder (block models): ids [n * L_B] i32 on the device -> block vectors [n, D_B].
+  // look [>= n * L_B * E] receives the lookups; with concat the result is look itself, with
+  // projection_layer look_t [>= n * E * L_B] is scratch and the result is written to out [>= n * D_B].
+  Tensor embed_blocks(Tensor ids, int64_t n, Tensor look, Tensor look_t, Tensor out);
+  // Token-decoder row geometry: t_1 enters at position row_start() (R for prefix, 1 for summation)
+  // of a row of row_length() = row_start() + L_B - 1 positions; the outputs from position
+  // row_start() - 1 on predict t_1 .. t_{L_B}.
+  int64_t row_start() const;
+  int64_t row_length() const;
+
  private:
   Tensor logits_rows(int B) const;
   void build_targets(const int32_t* tokens, const uint8_t* mask, int B);
@@ -95,7 +106,10 @@ class Model {
   AttnMask mask_a_, mask_b_;
   std::vector<int32_t> h_keys_, h_first_;
   // block model activations
-  Tensor emb_b_;    // [B, N, D_B] block embeddings (lookup-concat)
+  Tensor emb_b_;    // [B, N, D_B] block embeddings (concat: the lookups themselves)
+  Tensor look_, look_t_;  // projection_layer: lookups [B*L, E] and per block channel-major [B*N, E*L_B]
+  Tensor td_ids_;   // summation: [B*(N-1)*L_B] i32 token-decoder inputs [BOS, t_1 .. t_{L_B-1}] per row
+  std::vector<int32_t> h_td_ids_;
   Tensor prefix_;   // [B, N, R*D_T] prefix expansion of every context embedding
   Tensor tok_emb_;  // [B, L, D_T] token-decoder token embeddings
   Tensor td_in_;    // [B*(N-1), S, D_T] token-decoder rows
@@ -110,7 +124,7 @@ class Model {
   Tensor losses_;            // [rows] f32
   std::vector<double> h_losses_;
   // backward scratch
-  Tensor d_sel_, d_td_out_, d_td_in_, d_prefix_, d_tok_emb_, d_ctx_, d_emb_b_;
+  Tensor d_sel_, d_td_out_, d_td_in_, d_prefix_, d_tok_emb_, d_ctx_, d_emb_b_, d_look_, d_look_t_;
 };
 
 }  // namespace bt

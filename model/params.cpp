@@ -15,9 +15,19 @@ ParamTable::ParamTable(const ModelConfig& m) {
     const DecoderConfig& bd = m.block_decoder;
     const DecoderConfig& td = m.token_decoder;
     const int64_t R = td.prefix_length;
-    add("embedder.embeddings.weight", {V, m.embedder_dim}, ParamKind::embedding, ParamPart::embedder, s, false);
+    const int64_t E = m.embedder_dim, LB = m.block_length;
+    add("embedder.embeddings.weight", {V, E}, ParamKind::embedding, ParamPart::embedder, s, false);
+    if (m.projection_layer()) {
+      // Conv1d(E, D_B, kernel L_B, stride L_B): weight [D_B, E, L_B] (the file's shape and our memory
+      // layout, used as a [D_B, E * L_B] linear on channel-major blocks), init N(0, (E L_B)^-0.5) as
+      // the official _init_projection_layer; bias [D_B].
+      add("embedder.projection_layer.weight", {bd.dim, E * LB}, ParamKind::matrix, ParamPart::embedder,
+          1.0 / std::sqrt(static_cast<double>(E * LB)), false, {bd.dim, E, LB});
+      add("embedder.projection_layer.bias", {bd.dim}, ParamKind::bias, ParamPart::embedder, 0, false);
+    }
     add_stack("block_decoder.gpt_neox.", bd, ParamPart::block_decoder, s);
-    // Prefix expansion: a Conv1d(D_B, R*D_T, 1) in the official code; we store it as a linear.
+    // Expansion: a Conv1d(D_B, R*D_T, 1) in the official code (R = L_B for summation); we store it
+    // as a linear.
     add("token_decoder.expansion_layer.weight", {R * td.dim, bd.dim}, ParamKind::matrix, ParamPart::prefix,
         1.0 / std::sqrt(static_cast<double>(bd.dim)), false, {R * td.dim, bd.dim, 1});
     add("token_decoder.expansion_layer.bias", {R * td.dim}, ParamKind::bias, ParamPart::prefix, 0, false);

@@ -88,6 +88,12 @@ class ProfilingBackend final : public Backend {
   void td_select_forward(Tensor out, Tensor h, int R, int LB) override {
     timed("block glue", [&] { in_.td_select_forward(out, h, R, LB); });
   }
+  void transpose_forward(Tensor out, Tensor in) override {
+    timed("block glue", [&] { in_.transpose_forward(out, in); });
+  }
+  void transpose_backward(Tensor din, Tensor dout) override {
+    timed("block glue", [&] { in_.transpose_backward(din, dout); });
+  }
   void td_select_backward(Tensor dh, Tensor dout, int R, int LB) override {
     timed("block glue", [&] { in_.td_select_backward(dh, dout, R, LB); });
   }

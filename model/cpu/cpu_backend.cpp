@@ -180,6 +180,16 @@ class CpuBackend final : public Backend {
     const size_t rows = dh.numel() / static_cast<size_t>((R + LB - 1) * D);
     cpu::td_select_backward(p(dh), p(dout), rows, R, LB, (int)D);
   }
+  void transpose_forward(Tensor out, Tensor in) override {
+    BT_CHECK(in.shape.ndim == 3 && out.numel() == in.numel(), "transpose_forward: in must be [n, A, C], got ",
+             in.shape.str(), " (out ", out.shape.str(), ")");
+    cpu::transpose_forward(p(out), p(in), size_t(in.dim(0)), int(in.dim(1)), int(in.dim(2)));
+  }
+  void transpose_backward(Tensor din, Tensor dout) override {
+    BT_CHECK(din.shape.ndim == 3 && dout.numel() == din.numel(), "transpose_backward: din must be [n, A, C], got ",
+             din.shape.str(), " (dout ", dout.shape.str(), ")");
+    cpu::transpose_backward(p(din), p(dout), size_t(din.dim(0)), int(din.dim(1)), int(din.dim(2)));
+  }
 
   void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) override {
     const int V = static_cast<int>(logits.dim(-1));

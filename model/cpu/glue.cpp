@@ -1,5 +1,6 @@
-// Token-decoder glue (docs/design.md §2.2): assembling the token-decoder input rows from the prefix
-// vectors and the token embeddings, and selecting the positions whose outputs predict tokens.
+// Block Transformer glue (docs/design.md §2.2): assembling the token-decoder input rows from the prefix
+// vectors and the token embeddings, selecting the positions whose outputs predict tokens, and the
+// transpose of the projection_layer embedder.
 //
 // Row (b, i), i = 0..N-2, conditions on block i and predicts block i+1:
 //   [P_(b,i,0) .. P_(b,i,R-1), e(t_(i+1),0) .. e(t_(i+1),LB-2)],  length S = R + LB - 1.
@@ -74,6 +75,30 @@ void td_select_backward(T* dh, const T* dout, size_t rows, int R, int LB, int D)
   }
 }
 
+template <class T>
+void transpose_forward(T* out, const T* in, size_t n, int A, int C) {
+  // out [n, C, A]; in [n, A, C]
+#pragma omp parallel for schedule(static) if (n * A * C >= (1u << 15))
+  for (size_t i = 0; i < n; ++i) {
+    const T* src = in + i * A * C;
+    T* dst = out + i * A * C;
+    for (int a = 0; a < A; ++a)
+      for (int c = 0; c < C; ++c) dst[static_cast<size_t>(c) * A + a] = src[static_cast<size_t>(a) * C + c];
+  }
+}
+
+template <class T>
+void transpose_backward(T* din, const T* dout, size_t n, int A, int C) {
+  // din [n, A, C] += dout [n, C, A] transposed
+#pragma omp parallel for schedule(static) if (n * A * C >= (1u << 15))
+  for (size_t i = 0; i < n; ++i) {
+    const T* src = dout + i * A * C;
+    T* dst = din + i * A * C;
+    for (int a = 0; a < A; ++a)
+      for (int c = 0; c < C; ++c) dst[static_cast<size_t>(a) * C + c] += src[static_cast<size_t>(c) * A + a];
+  }
+}
+
 template void td_assemble_forward<float>(float*, const float*, const float*, size_t, int, int, int, int);
 template void td_assemble_forward<double>(double*, const double*, const double*, size_t, int, int, int, int);
 template void td_assemble_backward<float>(float*, float*, const float*, size_t, int, int, int, int);
@@ -82,5 +107,10 @@ template void td_select_forward<float>(float*, const float*, size_t, int, int, i
 template void td_select_forward<double>(double*, const double*, size_t, int, int, int);
 template void td_select_backward<float>(float*, const float*, size_t, int, int, int);
 template void td_select_backward<double>(double*, const double*, size_t, int, int, int);
+
+template void transpose_forward<float>(float*, const float*, size_t, int, int);
+template void transpose_forward<double>(double*, const double*, size_t, int, int);
+template void transpose_backward<float>(float*, const float*, size_t, int, int);
+template void transpose_backward<double>(double*, const double*, size_t, int, int);
 
 }  // namespace bt::cpu

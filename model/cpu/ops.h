@@ -65,6 +65,9 @@ void td_assemble_backward(T* dprefix, T* dtok, const T* dout, size_t B, int N, i
 // h [rows, S, D] -> out [rows, LB, D], positions R-1 .. S-1.
 template <class T> void td_select_forward(T* out, const T* h, size_t rows, int R, int LB, int D);
 template <class T> void td_select_backward(T* dh, const T* dout, size_t rows, int R, int LB, int D);
+// out [n, C, A] = in [n, A, C] with the last two dims swapped; the backward din [n, A, C] += dout^T.
+template <class T> void transpose_forward(T* out, const T* in, size_t n, int A, int C);
+template <class T> void transpose_backward(T* din, const T* dout, size_t n, int A, int C);
 
 // Softmax cross-entropy. logits [n, V], targets [n] (-1 = ignore) -> losses [n] (0 when
 // ignored); when dlogits is not null: dlogits = dscale * (softmax - onehot), 0 for ignored rows

@@ -420,6 +420,23 @@ class CudaBackend final : public Backend {
                              act_, stream_);
   }
 
+  void transpose_forward(Tensor out, Tensor in) override {
+    BT_CHECK(in.shape.ndim == 3 && out.numel() == in.numel(), "transpose_forward: in must be [n, A, C], got ",
+             in.shape.str(), " (out ", out.shape.str(), ")");
+    act(out, "transpose_forward");
+    act(in, "transpose_forward");
+    cuda::transpose_forward(dev(out, "transpose_forward"), dev(in, "transpose_forward"), size_t(in.dim(0)),
+                            int(in.dim(1)), int(in.dim(2)), act_, stream_);
+  }
+  void transpose_backward(Tensor din, Tensor dout) override {
+    BT_CHECK(din.shape.ndim == 3 && dout.numel() == din.numel(), "transpose_backward: din must be [n, A, C], got ",
+             din.shape.str(), " (dout ", dout.shape.str(), ")");
+    act(din, "transpose_backward");
+    act(dout, "transpose_backward");
+    cuda::transpose_backward(dev(din, "transpose_backward"), dev(dout, "transpose_backward"), size_t(din.dim(0)),
+                             int(din.dim(1)), int(din.dim(2)), act_, stream_);
+  }
+
   // ---- classifier -----------------------------------------------------------------------------
   void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dscale) override {
     const int V = static_cast<int>(logits.dim(-1));

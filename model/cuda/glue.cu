@@ -1,7 +1,8 @@
-// Token-decoder glue (docs/design.md §2.2): assembling the rows [P_1..P_R, e(t_1)..e(t_{L_B-1})] and
-// selecting the positions R-1 .. S-1 that predict tokens. Index maps, one thread per output
-// element; each source element lands in at most one row, so the backward is a scatter with one
-// += per element and no atomics.
+// Block Transformer glue (docs/design.md §2.2): assembling the token-decoder rows
+// [P_1..P_R, e(t_1)..e(t_{L_B-1})], selecting the positions R-1 .. S-1 that predict tokens, and the
+// projection_layer embedder's transpose. Index maps, one thread per output element; each source
+// element lands in at most one place, so the backward is a scatter with one += per element and no
+// atomics.
 #include "model/cuda/common.cuh"
 #include "model/cuda/kernels.h"
 
@@ -73,7 +74,51 @@ __global__ void td_select_backward_kernel(T* dh, const T* dout, size_t rows, int
   }
 }
 
+template <class T>
+__global__ void transpose_forward_kernel(T* out, const T* in, size_t n, int A, int C) {
+  // out [n, C, A] (element e = (i, c, a)); in [n, A, C]
+  const size_t total = n * A * C;
+  for (size_t e = blockIdx.x * size_t(blockDim.x) + threadIdx.x; e < total; e += size_t(gridDim.x) * blockDim.x) {
+    const int a = int(e % A);
+    const size_t ic = e / A;
+    const int c = int(ic % C);
+    const size_t i = ic / C;
+    out[e] = in[(i * A + a) * C + c];
+  }
+}
+
+template <class T>
+__global__ void transpose_backward_kernel(T* din, const T* dout, size_t n, int A, int C) {
+  // din [n, A, C] (element e = (i, a, c)) += dout [n, C, A]
+  const size_t total = n * A * C;
+  for (size_t e = blockIdx.x * size_t(blockDim.x) + threadIdx.x; e < total; e += size_t(gridDim.x) * blockDim.x) {
+    const int c = int(e % C);
+    const size_t ia = e / C;
+    const int a = int(ia % A);
+    const size_t i = ia / A;
+    din[e] = from_f<T>(to_f(din[e]) + to_f(dout[(i * C + c) * A + a]));
+  }
+}
+
 }  // namespace
+
+void transpose_forward(void* out, const void* in, size_t n, int A, int C, DType t, cudaStream_t stream) {
+  const size_t total = n * A * C;
+  if (total == 0) return;
+  BT_DISPATCH_ACT(t, T,
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, transpose_forward_kernel<T>)(
+                      static_cast<T*>(out), static_cast<const T*>(in), n, A, C));
+  BT_KERNEL_CHECK("transpose_forward_kernel");
+}
+
+void transpose_backward(void* din, const void* dout, size_t n, int A, int C, DType t, cudaStream_t stream) {
+  const size_t total = n * A * C;
+  if (total == 0 || !din) return;
+  BT_DISPATCH_ACT(t, T,
+                  BT_LAUNCH(elementwise_grid(total), 256, 0, stream, transpose_backward_kernel<T>)(
+                      static_cast<T*>(din), static_cast<const T*>(dout), n, A, C));
+  BT_KERNEL_CHECK("transpose_backward_kernel");
+}
 
 void td_assemble_forward(void* out, const void* prefix, const void* tok, int B, int N, int R, int LB, int D, DType t,
                          cudaStream_t stream) {

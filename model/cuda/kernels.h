@@ -113,6 +113,9 @@ void td_assemble_backward(void* dprefix, void* dtok, const void* dout, int B, in
 // out [rows, LB, D] = h [rows, S, D] positions R-1 .. S-1
 void td_select_forward(void* out, const void* h, size_t rows, int R, int LB, int D, DType t, cudaStream_t stream);
 void td_select_backward(void* dh, const void* dout, size_t rows, int R, int LB, int D, DType t, cudaStream_t stream);
+// out [n, C, A] = in [n, A, C] transposed; the backward din [n, A, C] += dout [n, C, A]^T
+void transpose_forward(void* out, const void* in, size_t n, int A, int C, DType t, cudaStream_t stream);
+void transpose_backward(void* din, const void* dout, size_t n, int A, int C, DType t, cudaStream_t stream);
 
 // ---- classifier.cu -----------------------------------------------------------------------------
 // logits [n, V], targets [n] -> losses [n] f32; dlogits [n, V] (may be null, may alias logits)

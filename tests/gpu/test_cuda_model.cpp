@@ -33,6 +33,18 @@ ModelConfig block_cfg(int V, int L, int LB, int R, int D, int H) {
   return m;
 }
 
+// An official variant of block_cfg: the embedder's projection_method and the token decoder's
+// decoding_strategy.
+ModelConfig variant_cfg(int V, int L, int LB, int D, int H, const std::string& method, const std::string& strategy) {
+  ModelConfig m = block_cfg(V, L, LB, 2, D, H);
+  m.projection_method = method;
+  if (method == "projection_layer") m.embedder_dim = 5;  // any width (odd: no vector loads)
+  m.decoding_strategy = strategy;
+  if (strategy == "summation") m.token_decoder.prefix_length = LB;
+  m.bos_token_id = 3;
+  return m;
+}
+
 ModelConfig vanilla_cfg(int V, int L, int D, int H) {
   ModelConfig m;
   m.kind = "vanilla";
@@ -164,6 +176,24 @@ TEST_P(CudaModel, BlockLengthEightPrefixFour) {
 TEST_P(CudaModel, BlockLongBlockDecoder) {  // N = 40 blocks: the flash kernels in the block decoder
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
   compare_model({"block L=160 N=40 D=64", block_cfg(101, 160, 4, 2, 64, 2), 2, Pads::documents}, GetParam());
+}
+TEST_P(CudaModel, SummationWithDocumentPads) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  compare_model({"block summation", variant_cfg(37, 32, 4, 16, 2, "concat", "summation"), 3, Pads::documents},
+                GetParam());
+}
+TEST_P(CudaModel, ProjectionLayerWithDocumentPads) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  compare_model({"block projection_layer", variant_cfg(37, 32, 4, 16, 2, "projection_layer", "prefix"), 3,
+                 Pads::documents},
+                GetParam());
+}
+TEST_P(CudaModel, ProjectionLayerSummationLongBlockDecoder) {  // N = 40: flash kernels
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  compare_model({"block projection_layer summation L=160", variant_cfg(101, 160, 4, 64, 2, "projection_layer",
+                                                                       "summation"),
+                 2, Pads::documents},
+                GetParam());
 }
 TEST_P(CudaModel, VanillaShort) {
   if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";

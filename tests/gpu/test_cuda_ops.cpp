@@ -562,6 +562,25 @@ TEST_P(CudaOps, TokenDecoderGlue) {
   }
 }
 
+// The projection_layer embedder's transpose: exact forward, one rounding in the backward's +=.
+TEST_P(CudaOps, Transpose) {
+  if (!bt::cuda_available()) GTEST_SKIP() << "no GPU";
+  for (auto [n, A, C] : {std::tuple{3, 4, 5}, std::tuple{1, 1, 7}, std::tuple{64, 4, 96}, std::tuple{5, 8, 33}}) {
+    const std::string tag = "n=" + std::to_string(n) + " A=" + std::to_string(A) + " C=" + std::to_string(C);
+    const size_t N = size_t(n) * A * C;
+    auto [xg, xc] = both({n, A, C}, random_vec(N, 86, 1.0, bf()));
+    Tensor og = gpu_->alloc({n, C, A}, act()), oc = cpu_->alloc({n, C, A}, DType::f32);
+    gpu_->transpose_forward(og, xg);
+    cpu_->transpose_forward(oc, xc);
+    compare(og, oc, {0, 0}, "transpose_forward " + tag);
+    auto [dg, dc] = both({n, A, C}, random_vec(N, 87, 1.0, bf()));  // pre-filled: += is checked
+    auto [gg, gc] = both({n, C, A}, random_vec(N, 88, 1.0, bf()));
+    gpu_->transpose_backward(dg, gg);
+    cpu_->transpose_backward(dc, gc);
+    compare(dg, dc, tol({1e-6, 1e-7}, {k2m8, k2m8}), "transpose_backward " + tag);
+  }
+}
+
 // ---- classifier -----------------------------------------------------------------------------------
 
 TEST_P(CudaOps, CrossEntropy) {

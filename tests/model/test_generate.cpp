@@ -116,6 +116,33 @@ TEST(Generate, BlockOtherShapes) {
   expect_same(block_cfg(1, 2, 24), DType::f64, {1, 4}, greedy(7));
 }
 
+// The official variants: projection_layer embedder, summation token decoder, both.
+ModelConfig variant_cfg(const std::string& method, const std::string& strategy, int LB = 4) {
+  ModelConfig m = block_cfg(LB, 2);
+  m.projection_method = method;
+  if (method == "projection_layer") m.embedder_dim = 12;
+  m.decoding_strategy = strategy;
+  if (strategy == "summation") m.token_decoder.prefix_length = LB;
+  m.bos_token_id = 95;
+  return m;
+}
+
+TEST(Generate, VariantsCachedEqualNaive) {
+  // Padded prompts (lengths not multiples of L_B), several in one batch.
+  for (const char* method : {"concat", "projection_layer"})
+    for (const char* strategy : {"prefix", "summation"}) {
+      SCOPED_TRACE(std::string(method) + " + " + strategy);
+      expect_same(variant_cfg(method, strategy), DType::f64, {1, 2, 3, 5, 7, 9}, greedy(13));
+      expect_same(variant_cfg(method, strategy, 2), DType::f64, {1, 4, 5}, greedy(7));
+    }
+  GenerateOptions o = greedy(9);
+  o.sampling.greedy = false;
+  o.sampling.temperature = 0.9;
+  o.sampling.seed = 3;
+  expect_same(variant_cfg("projection_layer", "summation"), DType::f64, {2, 7}, o);
+  expect_same(variant_cfg("projection_layer", "summation"), DType::f32, {3, 6}, greedy(10));
+}
+
 TEST(Generate, VanillaGreedyCachedEqualsNaive) { expect_same(vanilla_cfg(), DType::f64, {1, 4, 6, 11}, greedy(17)); }
 
 TEST(Generate, Float32AlsoMatches) {
@@ -169,6 +196,11 @@ TEST(Generate, KvCacheBytes) {
   EXPECT_EQ(r.kv_cache_bytes, 2 * kv_bytes_per_sequence(m, 4, 9, 8));
   // Block decoder over (3 + 2) blocks, token decoder over R + L_B = 6 positions; 2 layers, k and v.
   EXPECT_EQ(kv_bytes_per_sequence(m, 4, 9, 8), size_t(4) * 2 * (2 * 32 * 5 + 2 * 32 * 6));
+  // summation: the token decoder's local cache holds L_B = 4 positions
+  ModelConfig sm = m;
+  sm.decoding_strategy = "summation";
+  sm.token_decoder.prefix_length = 4;
+  EXPECT_EQ(kv_bytes_per_sequence(sm, 4, 9, 8), size_t(4) * 2 * (2 * 32 * 5 + 2 * 32 * 4));
   const ModelConfig v = vanilla_cfg();
   EXPECT_EQ(kv_bytes_per_sequence(v, 4, 9, 8), size_t(4) * 2 * 3 * 32 * 17);
 }

@@ -27,6 +27,17 @@ ModelConfig tiny_block(int V = 23, int L = 16, int LB = 4, int R = 2) {
   return m;
 }
 
+// The official variants: embedder projection_method and token-decoder decoding_strategy.
+ModelConfig tiny_variant(const std::string& method, const std::string& strategy, int LB = 4) {
+  ModelConfig m = tiny_block(23, 16, LB, 2);
+  m.projection_method = method;
+  if (method == "projection_layer") m.embedder_dim = 6;  // any width: the projection maps it to D_B
+  m.decoding_strategy = strategy;
+  if (strategy == "summation") m.token_decoder.prefix_length = LB;
+  m.bos_token_id = 5;
+  return m;
+}
+
 ModelConfig tiny_vanilla(int V = 23, int L = 12) {
   ModelConfig m;
   m.kind = "vanilla";
@@ -117,6 +128,16 @@ TEST(ModelGrad, BlockLengthOnePrefixOne) { gradient_check(tiny_block(23, 8, 1, 1
 TEST(ModelGrad, BlockLengthEightPrefixFour) { gradient_check(tiny_block(23, 24, 8, 4), 1, false); }
 TEST(ModelGrad, VanillaDoubleAllParameters) { gradient_check(tiny_vanilla(), 2, true); }
 TEST(ModelGrad, BlockWithLoaderPads) { gradient_check(tiny_block(), 3, true, loader_like_mask(3, 16)); }
+TEST(ModelGrad, SummationWithLoaderPads) {
+  gradient_check(tiny_variant("concat", "summation"), 3, true, loader_like_mask(3, 16));
+}
+TEST(ModelGrad, ProjectionLayerWithLoaderPads) {
+  gradient_check(tiny_variant("projection_layer", "prefix"), 3, true, loader_like_mask(3, 16));
+}
+TEST(ModelGrad, ProjectionLayerSummationWithLoaderPads) {
+  gradient_check(tiny_variant("projection_layer", "summation"), 3, true, loader_like_mask(3, 16));
+}
+TEST(ModelGrad, SummationBlockLengthTwo) { gradient_check(tiny_variant("projection_layer", "summation", 2), 2, false); }
 TEST(ModelGrad, VanillaWithLeadingPads) { gradient_check(tiny_vanilla(23, 16), 3, true, loader_like_mask(3, 16)); }
 
 // Pads are hidden from attention (the official attention_mask = 0): changing a pad token changes
@@ -159,6 +180,7 @@ void pads_hidden(const ModelConfig& m, int pad_pos) {
 TEST(ModelPads, HiddenFromTokenDecoder) { pads_hidden(tiny_block(23, 16, 4, 2), 9); }
 TEST(ModelPads, HiddenFromTokenDecoderLB8) { pads_hidden(tiny_block(23, 24, 8, 3), 10); }
 TEST(ModelPads, HiddenFromVanilla) { pads_hidden(tiny_vanilla(23, 12), 3); }
+TEST(ModelPads, HiddenFromSummationRows) { pads_hidden(tiny_variant("projection_layer", "summation"), 9); }
 
 // A mask of all ones is no mask: the same loss and gradients, bit for bit (the unmasked kernels).
 TEST(ModelPads, AllOnesMaskIsNoMask) {
@@ -224,6 +246,8 @@ void causality(const ModelConfig& m) {
 TEST(ModelCausality, Block) { causality(tiny_block()); }
 TEST(ModelCausality, BlockLength8) { causality(tiny_block(23, 24, 8, 3)); }
 TEST(ModelCausality, Vanilla) { causality(tiny_vanilla()); }
+TEST(ModelCausality, Summation) { causality(tiny_variant("concat", "summation")); }
+TEST(ModelCausality, ProjectionLayer) { causality(tiny_variant("projection_layer", "prefix")); }
 
 TEST(ModelTargets, BlockZeroIsNeverATarget) {
   auto be = make_cpu_backend(DType::f64);
@@ -285,3 +309,22 @@ void overfit(const ModelConfig& m) {
 
 TEST(ModelOverfit, BlockOneBatch) { overfit(tiny_block(32, 32, 4, 2)); }
 TEST(ModelOverfit, VanillaOneBatch) { overfit(tiny_vanilla(32, 32)); }
+TEST(ModelOverfit, ProjectionLayerSummationOneBatch) {
+  ModelConfig m = tiny_variant("projection_layer", "summation");
+  m.vocab_size = 32;
+  m.context_length = 32;
+  overfit(m);
+}
+
+// Summation without a BOS id is a clear error, not a silent default.
+TEST(ModelTargets, SummationNeedsABos) {
+  auto be = make_cpu_backend(DType::f32);
+  ModelConfig m = tiny_variant("concat", "summation");
+  m.bos_token_id = -1;
+  try {
+    Model model(m, *be, 1);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.bos_token_id"), std::string::npos) << e.what();
+  }
+}

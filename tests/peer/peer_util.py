@@ -54,12 +54,25 @@ def tiny_overrides(kind, out_dir, L=32, V=256, steps=3):
                      "data.random_pad_first_block=false", "data.pad_to_block_boundary=false"]
 
 
-def train_tiny(kind, tmp):
+def train_tiny(kind, tmp, extra=()):
+    """extra: more overrides (after the tiny ones), e.g. the official variants."""
     src = os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
     cfg = os.path.join(src, "configs", "tiny", "vanilla.yaml" if kind == "vanilla" else "block_b4.yaml")
     out = os.path.join(tmp, "run")
-    run_bt(["train", "--config", cfg] + tiny_overrides(kind, out))
+    run_bt(["train", "--config", cfg] + tiny_overrides(kind, out) + list(extra))
     return os.path.join(out, "checkpoints", "latest")
+
+
+# Overrides for the official variants of the block model (embedder projection_method, token decoder
+# decoding_strategy); the tiny block model has D_B = 64, L_B = 4.
+VARIANTS = {
+    ("concat", "prefix"): [],
+    ("concat", "summation"): ["model.token_decoder.decoding_strategy=summation", "model.token_decoder.prefix_length=4"],
+    ("projection_layer", "prefix"): ["model.embedder.projection_method=projection_layer", "model.embedder.dim=24"],
+    ("projection_layer", "summation"): ["model.embedder.projection_method=projection_layer", "model.embedder.dim=24",
+                                        "model.token_decoder.decoding_strategy=summation",
+                                        "model.token_decoder.prefix_length=4"],
+}
 
 
 def load_yaml(path):

@@ -536,6 +536,10 @@ TEST(ConfigFiles, EveryFileLoadsValidatesAndRoundTrips) {
     Config back = bt::parse_config(bt::to_yaml(c), c.source);
     EXPECT_EQ(back, c);
     std::string stem = f.stem().string();
+    // The main recipe: the main results and the block-length ablation (the official variants and
+    // uptraining runs are checked in OfficialVariantsAndUptraining).
+    const bool variant = stem.rfind("block_ablation_", 0) == 0 || stem.rfind("block_megabyte_", 0) == 0 ||
+                         stem.rfind("block_uptrain_", 0) == 0;
     if (f.parent_path().filename() == "paper") {
       EXPECT_EQ(c.name, stem);
       EXPECT_EQ(c.train.out_dir, "runs/" + stem);
@@ -544,6 +548,16 @@ TEST(ConfigFiles, EveryFileLoadsValidatesAndRoundTrips) {
       EXPECT_EQ(c.train.precision, "bf16");
       EXPECT_EQ(c.data.train, "data/pile/train-*.h5");
       EXPECT_EQ(c.data.val, "data/pile/val-*.h5");
+      if (c.model.is_block()) {
+        EXPECT_TRUE(c.data.random_pad_first_block);
+        EXPECT_TRUE(c.data.pad_to_block_boundary);
+        // the official head-dim rule: 32 up to width 256, 64 up to 1536, else 128; ffn 4 x
+        for (const bt::DecoderConfig* d : {&c.model.block_decoder, &c.model.token_decoder}) {
+          EXPECT_EQ(d->dim / d->heads, d->dim <= 256 ? 32 : d->dim <= 1536 ? 64 : 128) << d->dim;
+          EXPECT_EQ(d->ffn_dim, 4 * d->dim);
+        }
+      }
+      if (variant) continue;
       // 300B tokens.
       EXPECT_EQ(c.train.steps, std::llround(300e9 / (c.train.global_batch * 2048.0)));
       EXPECT_EQ(c.optim.warmup_steps, c.train.global_batch == 512 ? 1500 : 3000);
@@ -557,9 +571,55 @@ TEST(ConfigFiles, EveryFileLoadsValidatesAndRoundTrips) {
         EXPECT_EQ(c.model.block_decoder,
                   (bt::DecoderConfig{c.model.token_decoder.layers, c.model.token_decoder.dim,
                                      c.model.token_decoder.heads, c.model.token_decoder.ffn_dim, 0}));
-        EXPECT_TRUE(c.data.random_pad_first_block);
-        EXPECT_TRUE(c.data.pad_to_block_boundary);
+        EXPECT_EQ(c.model.projection_method, "concat");
+        EXPECT_EQ(c.model.decoding_strategy, "prefix");
       }
+    }
+  }
+}
+
+// The official configs the variants make possible (conf/trainer of itsnamgyu/block-transformer of
+// the same names): the ablation, the MEGABYTE-style summation models, the uptraining runs.
+TEST(ConfigFiles, OfficialVariantsAndUptraining) {
+  struct Row {
+    const char* name;
+    const char* method;
+    const char* strategy;
+    int emb, block_layers, block_dim, token_layers, token_dim, R;
+    double lr;
+    int64_t steps;
+    int global_batch, warmup;
+  };
+  const Row rows[] = {
+      {"block_ablation_b4_85_lookup_prefix", "concat", "prefix", 192, 6, 768, 6, 768, 1, 6e-4, 572205, 256, 3000},
+      {"block_megabyte_b4_5", "concat", "summation", 64, 5, 256, 4, 128, 4, 1e-3, 572205, 256, 3000},
+      {"block_megabyte_b4_19", "concat", "summation", 128, 5, 512, 4, 256, 4, 1e-3, 572205, 256, 3000},
+      {"block_megabyte_b4_85", "concat", "summation", 192, 11, 768, 4, 512, 4, 6e-4, 572205, 256, 3000},
+      {"block_uptrain_b4_85_10", "projection_layer", "prefix", 768, 6, 768, 6, 768, 2, 6e-4, 57200, 256, 3000},
+      {"block_uptrain_b4_300_10", "projection_layer", "prefix", 1024, 12, 1024, 12, 1024, 2, 3e-4, 57200, 256, 3000},
+      {"block_uptrain_b4_800_10", "projection_layer", "prefix", 2048, 8, 2048, 8, 2048, 2, 3e-4, 28600, 512, 1500},
+  };
+  for (const Row& r : rows) {
+    SCOPED_TRACE(r.name);
+    Config c = bt::load_config((source_dir() / "configs/paper" / (std::string(r.name) + ".yaml")).string());
+    EXPECT_EQ(c.model.projection_method, r.method);
+    EXPECT_EQ(c.model.decoding_strategy, r.strategy);
+    EXPECT_EQ(c.model.embedder_dim, r.emb);
+    EXPECT_EQ(c.model.block_decoder.layers, r.block_layers);
+    EXPECT_EQ(c.model.block_decoder.dim, r.block_dim);
+    EXPECT_EQ(c.model.token_decoder.layers, r.token_layers);
+    EXPECT_EQ(c.model.token_decoder.dim, r.token_dim);
+    EXPECT_EQ(c.model.token_decoder.prefix_length, r.R);
+    EXPECT_DOUBLE_EQ(c.optim.lr, r.lr);
+    EXPECT_EQ(c.train.steps, r.steps);
+    EXPECT_EQ(c.train.global_batch, r.global_batch);
+    EXPECT_EQ(c.optim.warmup_steps, r.warmup);
+    const bool up = std::string(r.name).rfind("block_uptrain_", 0) == 0;
+    EXPECT_EQ(c.load_from_vanilla.enable, up);
+    if (up) {
+      EXPECT_EQ(c.load_from_vanilla.method, "partition");
+      EXPECT_TRUE(c.load_from_vanilla.initialize_mean_embedder_projection);
+      EXPECT_TRUE(c.load_from_vanilla.initialize_identity_expansion_layer);
     }
   }
 }

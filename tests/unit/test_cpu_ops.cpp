@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -828,6 +829,32 @@ TEST(CpuOps, TdSelectForwardBackward) {
     cpu::td_select_backward(dhf.data(), Gf.data(), s.rows, s.R, s.LB, s.D);
     EXPECT_LT(float_err(outf, out), kFloatTol);
     EXPECT_LT(float_err(dhf, dh), kFloatTol);
+  }
+}
+
+// The projection_layer embedder's reorder: in [n, A, C] -> out [n, C, A].
+TEST(CpuOps, TransposeForwardBackward) {
+  for (auto [n, A, C] : {std::tuple{3, 4, 5}, std::tuple{1, 1, 7}, std::tuple{6, 8, 1}, std::tuple{2, 2, 3}}) {
+    SCOPED_TRACE("n=" + std::to_string(n) + " A=" + std::to_string(A) + " C=" + std::to_string(C));
+    Rng rng(12, n * 100 + A * 10 + C);
+    Vec x = randn(rng, size_t(n) * A * C);
+    const Vec G = randn(rng, x.size());
+    auto fwd = [&] {
+      Vec out(x.size());
+      cpu::transpose_forward(out.data(), x.data(), n, A, C);
+      return out;
+    };
+    const Vec out = fwd();
+    for (int i = 0; i < n; ++i)
+      for (int a = 0; a < A; ++a)
+        for (int c = 0; c < C; ++c) ASSERT_EQ(out[(size_t(i) * C + c) * A + a], x[(size_t(i) * A + a) * C + c]);
+    Vec dx(x.size(), 0.0);
+    cpu::transpose_backward(dx.data(), G.data(), n, A, C);
+    EXPECT_LT(fd_check(x, dx, fwd, G), kFdTol) << "dx";
+    Vec dx2(x.size(), 0.0);
+    cpu::transpose_backward(dx2.data(), G.data(), n, A, C);
+    cpu::transpose_backward(dx2.data(), G.data(), n, A, C);
+    expect_twice(dx, dx2, "dx");
   }
 }
 
