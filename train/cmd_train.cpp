@@ -1,7 +1,7 @@
-// `bt train --config FILE [section.key=value ...] [--resume auto|PATH] [--init-from FILE]`:
-// load, validate, print or train. SIGTERM / SIGUSR1 save a checkpoint and exit 0 (preemption;
-// launch/slurm.sbatch requeues the job). BT_STEP_DELAY_MS (tests only) sleeps after every step
-// and before the checkpoint of a stop.
+// `bt train --config FILE [section.key=value ...] [--resume auto|PATH] [--init-from FILE]
+// [--init-only]`: load, validate, print, write the starting weights, or train. SIGTERM / SIGUSR1
+// save a checkpoint and exit 0 (preemption; launch/slurm.sbatch requeues the job).
+// BT_STEP_DELAY_MS (tests only) sleeps after every step and before the checkpoint of a stop.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -23,6 +23,7 @@ void add_train_command(CLI::App& app) {
     std::string resume;
     std::string init_from;
     bool overwrite = false;
+    bool init_only = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("train", "train a Block Transformer or a vanilla model from a YAML config");
@@ -40,6 +41,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--overwrite", args->overwrite,
                 "start afresh in a train.out_dir that holds an earlier run: deletes its checkpoints, metrics.jsonl and "
                 "tensorboard logs first (without it such a run is refused; --resume auto continues it instead)");
+  cmd->add_flag("--init-only", args->init_only,
+                "build the starting weights (init, --init-from, load_from_vanilla), write them as the step-0 "
+                "checkpoint and exit without training");
   cmd->callback([args] {
     Config cfg;
     if (!args->config.empty()) {
@@ -71,6 +75,12 @@ void add_train_command(CLI::App& app) {
     }
     opt.overwrite = args->overwrite;
     Trainer trainer(cfg, *comm, opt);
+    if (args->init_only) {
+      BT_CHECK(args->resume.empty(), "--init-only writes the starting weights of a fresh run; drop --resume");
+      const std::string dir = trainer.save_checkpoint();
+      if (!dir.empty()) log_info("--init-only: the starting weights are in {}", dir);
+      return;
+    }
     trainer.run();
     if (stop_requested()) log_info("stopped by signal at step {}; resume with --resume auto", trainer.step());
   });

@@ -17,6 +17,7 @@
 #include "core/timer.h"
 #include "data/shard.h"
 #include "model/checkpoint.h"
+#include "model/uptrain.h"
 #include "optim/lr_schedule.h"
 #include "train/device_info.h"
 #include "model/cuda/cuda_backend.h"
@@ -121,7 +122,6 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
     if (world > 1) reducer_ = std::make_unique<GradReducer>(comm_, model_->grads(), bucket_elems());
   }
 
-  BT_CHECK(!cfg_.load_from_vanilla.enable, "load_from_vanilla is not built yet");
   // Where to start from: a checkpoint (resume), official weights (fine-tuning), or the init.
   std::string resume_dir;
   if (topt_.resume == "auto") {
@@ -135,8 +135,11 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
   if (lock_) prepare_out_dir_for(resume_dir.empty());
   if (!resume_dir.empty()) {
     restore(resume_dir);
-  } else if (!topt_.init_from.empty()) {
-    init_from(topt_.init_from);
+  } else {
+    BT_CHECK(topt_.init_from.empty() || !cfg_.load_from_vanilla.enable,
+             "--init-from and load_from_vanilla.enable exclude each other: both set the starting weights");
+    if (!topt_.init_from.empty()) init_from(topt_.init_from);
+    if (cfg_.load_from_vanilla.enable) uptrain();
   }
 
   if (world > 1) sync_weights();
@@ -351,6 +354,27 @@ void Trainer::restore(const std::string& dir) {
   }
   last_saved_step_ = step_;
   if (!topt_.quiet) log_info("resumed from {} at step {}", dir, step_);
+}
+
+void Trainer::uptrain() {
+  const ParamTable& tb = model_->table();
+  std::vector<float> params(tb.total(), 0.f);
+  model_->get_params(params.data(), DType::f32);  // the fresh init, for what the procedure leaves alone
+  const UptrainReport r = load_from_vanilla(cfg_.load_from_vanilla, cfg_.model, tb, params.data());
+  model_->set_params(params.data(), DType::f32);
+  // The master copy (CUDA bf16) takes the vanilla weights in fp32, not their bf16 rounding.
+  const size_t n = opt_->end() - opt_->begin();
+  const std::vector<float> zeros(n, 0.f);
+  opt_->set_state(zeros.data(), zeros.data(), params.data() + opt_->begin());
+  if (!topt_.quiet) {
+    log_info("load_from_vanilla ({}): {} tensors from {} ({} vanilla layers){}", cfg_.load_from_vanilla.method,
+             r.written.size(), r.weights, r.vanilla_layers,
+             cfg_.load_from_vanilla.initialize_mean_embedder_projection ||
+                     cfg_.load_from_vanilla.initialize_identity_expansion_layer
+                 ? "; mean projection / identity expansion as configured"
+                 : "");
+    for (const auto& w : r.warnings) log_warn("load_from_vanilla: {}", w);
+  }
 }
 
 void Trainer::init_from(const std::string& path) {

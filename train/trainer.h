@@ -55,6 +55,8 @@ class Trainer {
   // Loads official-named weights from a safetensors file, or a checkpoint directory's
   // model.safetensors (extras are reported and ignored).
   void init_from(const std::string& safetensors_file_or_checkpoint);
+  // load_from_vanilla (model/uptrain.h): the block model from the configured vanilla checkpoint.
+  void uptrain();
   std::string checkpoint_root() const;
   // Why run() returned: finished train.steps, stop_after reached, or a stop signal.
   bool stopped_early() const { return stopped_early_; }
