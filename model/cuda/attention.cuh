@@ -34,14 +34,22 @@ struct AttnArgs {
   bool overwrite = false;  // backward: dq, dk, dv = ... instead of +=
 };
 
-// The key mask of one sequence (model/backend.h AttnMask): km [T] (null: every key visible) and
-// the first visible key. Device code only.
+// The key mask of one sequence (model/backend.h AttnMask). The kernels take it as a template
+// parameter: KeyMask<false> (no mask given) has no data and no loads, so the unmasked kernels are
+// the ones that ran before masks existed; KeyMask<true> reads km [T] and the first visible key.
+// Device code only.
+template <bool kMasked>
 struct KeyMask {
-  const int32_t* km = nullptr;
-  int first = 0;
-  __device__ KeyMask(const AttnArgs& a, int b)
-      : km(a.keys ? a.keys + size_t(b) * a.T : nullptr), first(a.keys ? a.first[b] : 0) {}
-  __device__ bool visible(int key) const { return !km || km[key] != 0; }
+  __device__ KeyMask(const AttnArgs&, int) {}
+  __device__ bool visible(int) const { return true; }
+  __device__ float score(float scaled, int, int) const { return scaled; }
+};
+template <>
+struct KeyMask<true> {
+  const int32_t* km;
+  int first;
+  __device__ KeyMask(const AttnArgs& a, int b) : km(a.keys + size_t(b) * a.T), first(a.first[b]) {}
+  __device__ bool visible(int key) const { return km[key] != 0; }
   // The score of a causal pair key <= query: the scaled score of a visible key; for a hidden
   // key 0 when the query has no visible key (equal weights over its keys), else -inf.
   __device__ float score(float scaled, int key, int query) const {
@@ -50,20 +58,31 @@ struct KeyMask {
   }
 };
 
+// BT_DISPATCH_MASK(masked, M, body): runs body with the compile-time bool M = masked (the
+// kernels' KeyMask<M>).
+#define BT_DISPATCH_MASK(masked, M, ...) \
+  do {                                   \
+    if (masked) {                        \
+      constexpr bool M = true;           \
+      __VA_ARGS__;                       \
+    } else {                             \
+      constexpr bool M = false;          \
+      __VA_ARGS__;                       \
+    }                                    \
+  } while (0)
+
 // One (b, h) of the arguments, for the kernels with blockIdx.x = b * H + h: q, k, v rows of this
-// head at t * hd, dout rows at t * H * hd (dout null in the forward), the sequence's key mask.
-// Device code only.
+// head at t * hd, dout rows at t * H * hd (dout null in the forward). Device code only.
 template <class T>
 struct AttnHead {
   int Tn, hd, H, bh, b, h;
   size_t head;
   const T *q, *k, *v, *dout;
-  KeyMask mask;
   __device__ explicit AttnHead(const AttnArgs& a)
       : Tn(a.T), hd(a.hd), H(a.H), bh(int(blockIdx.x)), b(bh / H), h(bh % H), head(size_t(bh) * Tn * hd),
         q(static_cast<const T*>(a.q) + head), k(static_cast<const T*>(a.k) + head),
         v(static_cast<const T*>(a.v) + head),
-        dout(a.dout ? static_cast<const T*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr), mask(a, b) {}
+        dout(a.dout ? static_cast<const T*>(a.dout) + (size_t(b) * Tn * H + h) * hd : nullptr) {}
 };
 
 // T <= kSmallMaxT: one warp per (b, h) (attention_small.cu).

@@ -8,7 +8,8 @@
 //   its last query (causal), staging K and V in shared memory. Lane j scores key j against the
 //   warp's 4 queries; running max / sum / output (each lane owns hd/32 output dims) are
 //   rescaled per tile. lse = m + log(l). Keys hidden by the optional key mask (model/backend.h
-//   AttnMask) score -inf, or 0 in a row with no visible key (AttnHead::mask).
+//   AttnMask; the kernels exist with and without it, KeyMask<kMasked>) score -inf, or 0 in a row
+//   with no visible key.
 // - backward dK, dV: a block owns 16 keys, walks the query tiles of 32 from its first key to T,
 //   lane i takes query i: p = exp(s - lse_i), dp = dO_i . v_j, ds = p (dp - D_i) / sqrt(hd)
 //   (0 for a hidden key),
@@ -19,6 +20,7 @@
 // add into the same element: no atomics, deterministic results.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "model/cuda/attention.cuh"
 #include "model/cuda/common.cuh"
@@ -39,7 +41,7 @@ struct FlashTraits {
   static constexpr size_t kBwdSmem = sizeof(float) * (2 * kRows * HD + 2 * kTile * kPad + 2 * kTile);
 };
 
-template <class T, int HD>
+template <class T, int HD, bool kMasked>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
@@ -47,6 +49,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
   float* Ks = Qs + Tr::kRows * HD;       // [kTile][kPad]
   float* Vs = Ks + Tr::kTile * Tr::kPad;  // [kTile][HD]
   const AttnHead<T> ah(a);
+  const KeyMask<kMasked> mask(a, ah.b);
   const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh, b = ah.b, h = ah.h;
   const int q0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
@@ -88,7 +91,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
 #pragma unroll
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int qi = q0 + warp * Tr::kRowsPerWarp + r;
-      const float sv = (key <= qi && key < Tn) ? ah.mask.score(s[r] * a.scale, key, qi) : -INFINITY;
+      const float sv = (key <= qi && key < Tn) ? mask.score(s[r] * a.scale, key, qi) : -INFINITY;
       const float mnew = fmaxf(m[r], warp_max(sv));  // -inf while a row has seen only hidden keys
       const float p = sv == -INFINITY ? 0.f : expf(sv - mnew);
       const float corr = m[r] == -INFINITY ? 0.f : expf(m[r] - mnew);
@@ -126,7 +129,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_forward_kerne
   }
 }
 
-template <class T, int HD>
+template <class T, int HD, bool kMasked>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
@@ -137,6 +140,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
   float* lse_s = dOs + Tr::kTile * Tr::kPad;  // [kTile]
   float* D_s = lse_s + Tr::kTile;           // [kTile]
   const AttnHead<T> ah(a);
+  const KeyMask<kMasked> mask(a, ah.b);
   const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh;
   const int k0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
@@ -187,8 +191,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int key = k0 + warp * Tr::kRowsPerWarp + r;
       const bool ok = qi < Tn && key <= qi;
-      const float pr = ok ? expf(ah.mask.score(p[r] * a.scale, key, qi) - lse_s[lane]) : 0.f;
-      ds[r] = ok && ah.mask.visible(key) ? pr * (ds[r] - D_s[lane]) * a.scale : 0.f;
+      const float pr = ok ? expf(mask.score(p[r] * a.scale, key, qi) - lse_s[lane]) : 0.f;
+      ds[r] = (kMasked && !(ok && mask.visible(key))) ? 0.f : pr * (ds[r] - D_s[lane]) * a.scale;
       p[r] = pr;
     }
     for (int j = 0; j < Tr::kTile; ++j) {
@@ -227,7 +231,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dkdv
   }
 }
 
-template <class T, int HD>
+template <class T, int HD, bool kMasked>
 __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_kernel(AttnArgs a) {
   using Tr = FlashTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
@@ -236,6 +240,7 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_k
   float* Ks = dOs + Tr::kRows * HD;        // [kTile][kPad] one key tile
   float* Vs = Ks + Tr::kTile * Tr::kPad;   // [kTile][kPad]
   const AttnHead<T> ah(a);
+  const KeyMask<kMasked> mask(a, ah.b);
   const int Tn = ah.Tn, hd = ah.hd, H = ah.H, bh = ah.bh;
   const int q0 = blockIdx.y * Tr::kRows;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
@@ -286,8 +291,8 @@ __global__ void __launch_bounds__(FlashTraits<HD>::kThreads) flash_backward_dq_k
     for (int r = 0; r < Tr::kRowsPerWarp; ++r) {
       const int qi = q0 + warp * Tr::kRowsPerWarp + r;
       const bool ok = qi < Tn && key <= qi;
-      const float p = ok ? expf(ah.mask.score(s[r] * a.scale, key, qi) - lse_r[r]) : 0.f;
-      s[r] = ok && ah.mask.visible(key) ? p * (dp[r] - D_r[r]) * a.scale : 0.f;  // ds
+      const float p = ok ? expf(mask.score(s[r] * a.scale, key, qi) - lse_r[r]) : 0.f;
+      s[r] = (kMasked && !(ok && mask.visible(key))) ? 0.f : p * (dp[r] - D_r[r]) * a.scale;  // ds
     }
     for (int j = 0; j < Tr::kTile; ++j) {
       float kv[Tr::kPerLane];
@@ -320,7 +325,9 @@ void flash_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream) {
   using Tr = FlashTraits<HD>;
   BT_CHECK(ceil_div(a.T, Tr::kRows) <= 65535, "attention: T = ", a.T, " is too long for one launch");
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
-  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, Tr::kThreads, Tr::kFwdSmem, stream, flash_forward_kernel<X, HD>)(a));
+  BT_DISPATCH_ACT(
+      t, X,
+      BT_DISPATCH_MASK(a.keys, M, BT_LAUNCH(grid, Tr::kThreads, Tr::kFwdSmem, stream, flash_forward_kernel<X, HD, M>)(a)));
   BT_KERNEL_CHECK("flash_forward_kernel");
 }
 
@@ -331,11 +338,13 @@ void flash_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
   BT_DISPATCH_ACT(t, X, {
     if (a.dk || a.dv) {
-      BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dkdv_kernel<X, HD>)(a);
+      BT_DISPATCH_MASK(a.keys, M,
+                       BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dkdv_kernel<X, HD, M>)(a));
       BT_KERNEL_CHECK("flash_backward_dkdv_kernel");
     }
     if (a.dq) {
-      BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dq_kernel<X, HD>)(a);
+      BT_DISPATCH_MASK(a.keys, M,
+                       BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_backward_dq_kernel<X, HD, M>)(a));
       BT_KERNEL_CHECK("flash_backward_dq_kernel");
     }
   });
@@ -348,12 +357,17 @@ void flash_attention_setup() {
     if (bytes > 48 * 1024)
       BT_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   };
-  raise(reinterpret_cast<const void*>(&flash_forward_kernel<float, HD>), Tr::kFwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_forward_kernel<bf16, HD>), Tr::kFwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_backward_dkdv_kernel<float, HD>), Tr::kBwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_backward_dkdv_kernel<bf16, HD>), Tr::kBwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_backward_dq_kernel<float, HD>), Tr::kBwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_backward_dq_kernel<bf16, HD>), Tr::kBwdSmem);
+  auto both = [&](auto masked) {
+    constexpr bool M = decltype(masked)::value;
+    raise(reinterpret_cast<const void*>(&flash_forward_kernel<float, HD, M>), Tr::kFwdSmem);
+    raise(reinterpret_cast<const void*>(&flash_forward_kernel<bf16, HD, M>), Tr::kFwdSmem);
+    raise(reinterpret_cast<const void*>(&flash_backward_dkdv_kernel<float, HD, M>), Tr::kBwdSmem);
+    raise(reinterpret_cast<const void*>(&flash_backward_dkdv_kernel<bf16, HD, M>), Tr::kBwdSmem);
+    raise(reinterpret_cast<const void*>(&flash_backward_dq_kernel<float, HD, M>), Tr::kBwdSmem);
+    raise(reinterpret_cast<const void*>(&flash_backward_dq_kernel<bf16, HD, M>), Tr::kBwdSmem);
+  };
+  both(std::false_type{});
+  both(std::true_type{});
 }
 
 }  // namespace bt::cuda

@@ -13,7 +13,8 @@
 //   mask, the online-softmax update (running max m and sum l in registers) and rescale the
 //   warp's fp32 output rows O_w [16][HD + 4] in shared memory; P (bf16) then accumulates
 //   O_w += P V on the tensor cores. out = O_w / l, lse = m + log(l). Keys hidden by the
-//   optional key mask (model/backend.h AttnMask) score -inf, or 0 in a row with no visible key.
+//   optional key mask (model/backend.h AttnMask; each kernel exists with and without it,
+//   KeyMask<kMasked>) score -inf, or 0 in a row with no visible key.
 // - dK, dV: S^T = K_w Q^T and dP^T = V_w dO^T; P^T = exp(scale S^T - lse), dS^T = P^T (dP^T -
 //   D) scale (0 for a hidden key), both rounded to bf16; dV_w += P^T dO and dK_w += dS^T Q
 //   accumulate in fragments.
@@ -168,12 +169,13 @@ struct TcBwdSmem {
   }
 };
 
-template <int HD>
+template <int HD, bool kMasked>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const AttnHead<bf16> t(a);
+  const KeyMask<kMasked> mask(a, t.b);
   const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh, b = t.b, h = t.h;
   const bf16 *q = t.q, *k = t.k, *v = t.v;
   const int q0 = blockIdx.y * Tr::kRows;
@@ -212,7 +214,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
 #pragma unroll
     for (int c = 0; c < 32; ++c) {
       const int col = half * 32 + c, key = k0 + col;
-      s[c] = (qi < Tn && key <= qi && live[col / 16]) ? t.mask.score(Sw[r * Tr::kLdS + col] * a.scale, key, qi)
+      s[c] = (qi < Tn && key <= qi && live[col / 16]) ? mask.score(Sw[r * Tr::kLdS + col] * a.scale, key, qi)
                                                       : -INFINITY;
       mx = fmaxf(mx, s[c]);
     }
@@ -250,11 +252,11 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_forward_kerne
 // P and dS of a warp's 16 rows against a 64-wide tile, from S and dP in shared memory.
 // Forward orientation (dQ kernel): row = query (lse_r, D_r per row), column = key.
 // Transposed (dK/dV kernel): row = key, column = query (lse, D per column from shared memory).
-template <int HD, bool kTransposed>
+template <int HD, bool kTransposed, bool kMasked>
 __device__ __forceinline__ void probs_and_dscores(bf16* Pw, bf16* dSw, const float* Sw, const float* dPw, int row0,
                                                   int col0, int Tn, float scale, float lse_r, float D_r,
-                                                  const float* lse_c, const float* D_c, const KeyMask& mask,
-                                                  int lane) {
+                                                  const float* lse_c, const float* D_c,
+                                                  const KeyMask<kMasked>& mask, int lane) {
   using Tr = TcTraits<HD>;
   const int r = lane >> 1, half = lane & 1;
 #pragma unroll 4
@@ -265,19 +267,20 @@ __device__ __forceinline__ void probs_and_dscores(bf16* Pw, bf16* dSw, const flo
     if (qi < Tn && key <= qi) {
       const float lse = kTransposed ? lse_c[c] : lse_r, D = kTransposed ? D_c[c] : D_r;
       p = expf(mask.score(Sw[r * Tr::kLdS + c] * scale, key, qi) - lse);
-      ds = mask.visible(key) ? p * (dPw[r * Tr::kLdS + c] - D) * scale : 0.f;
+      ds = (kMasked && !mask.visible(key)) ? 0.f : p * (dPw[r * Tr::kLdS + c] - D) * scale;
     }
     Pw[r * Tr::kLdP + c] = __float2bfloat16_rn(p);
     dSw[r * Tr::kLdP + c] = __float2bfloat16_rn(ds);
   }
 }
 
-template <int HD>
+template <int HD, bool kMasked>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const AttnHead<bf16> t(a);
+  const KeyMask<kMasked> mask(a, t.b);
   const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
   const size_t head = t.head;
   const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
@@ -320,7 +323,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
       tc::rows_times_tile_t<HD>(dPw, rf, dOs, live);
     }
     __syncwarp();
-    probs_and_dscores<HD, true>(Pw, dSw, Sw, dPw, kw0, qs, Tn, a.scale, 0.f, 0.f, lse_s, D_s, t.mask, lane);
+    probs_and_dscores<HD, true>(Pw, dSw, Sw, dPw, kw0, qs, Tn, a.scale, 0.f, 0.f, lse_s, D_s, mask, lane);
     __syncwarp();
     tc::probs_times_tile<HD>(dV, Pw, dOs, live);
     tc::probs_times_tile<HD>(dK, dSw, Qs, live);
@@ -344,12 +347,13 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dkdv
   }
 }
 
-template <int HD>
+template <int HD, bool kMasked>
 __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_kernel(AttnArgs a) {
   using Tr = TcTraits<HD>;
   BT_EXTERN_SHARED(float, smem);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const AttnHead<bf16> t(a);
+  const KeyMask<kMasked> mask(a, t.b);
   const int Tn = t.Tn, hd = t.hd, H = t.H, bh = t.bh;
   const size_t head = t.head;
   const bf16 *q = t.q, *k = t.k, *v = t.v, *dout = t.dout;
@@ -386,7 +390,7 @@ __global__ void __launch_bounds__(TcTraits<HD>::kThreads) flash_tc_backward_dq_k
       tc::rows_times_tile_t<HD>(dPw, rf, Vs, live);
     }
     __syncwarp();
-    probs_and_dscores<HD, false>(Pw, dSw, Sw, dPw, qw0, k0, Tn, a.scale, lse_r, D_r, nullptr, nullptr, t.mask,
+    probs_and_dscores<HD, false>(Pw, dSw, Sw, dPw, qw0, k0, Tn, a.scale, lse_r, D_r, nullptr, nullptr, mask,
                                   lane);
     __syncwarp();
     tc::probs_times_tile<HD>(dQ, dSw, Ks, live);
@@ -405,7 +409,7 @@ void flash_tc_forward(const AttnArgs& a, cudaStream_t stream) {
   using Tr = TcTraits<HD>;
   BT_CHECK(ceil_div(a.T, Tr::kRows) <= 65535, "attention: T = ", a.T, " is too long for one launch");
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
-  BT_LAUNCH(grid, Tr::kThreads, Tr::kFwdSmem, stream, flash_tc_forward_kernel<HD>)(a);
+  BT_DISPATCH_MASK(a.keys, M, BT_LAUNCH(grid, Tr::kThreads, Tr::kFwdSmem, stream, flash_tc_forward_kernel<HD, M>)(a));
   BT_KERNEL_CHECK("flash_tc_forward_kernel");
 }
 
@@ -415,11 +419,13 @@ void flash_tc_backward(const AttnArgs& a, cudaStream_t stream) {
   BT_CHECK(ceil_div(a.T, Tr::kRows) <= 65535, "attention: T = ", a.T, " is too long for one launch");
   const dim3 grid(unsigned(a.B * a.H), unsigned(ceil_div(a.T, Tr::kRows)));
   if (a.dk || a.dv) {
-    BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_tc_backward_dkdv_kernel<HD>)(a);
+    BT_DISPATCH_MASK(a.keys, M,
+                     BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_tc_backward_dkdv_kernel<HD, M>)(a));
     BT_KERNEL_CHECK("flash_tc_backward_dkdv_kernel");
   }
   if (a.dq) {
-    BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_tc_backward_dq_kernel<HD>)(a);
+    BT_DISPATCH_MASK(a.keys, M,
+                     BT_LAUNCH(grid, Tr::kThreads, Tr::kBwdSmem, stream, flash_tc_backward_dq_kernel<HD, M>)(a));
     BT_KERNEL_CHECK("flash_tc_backward_dq_kernel");
   }
 }
@@ -431,9 +437,14 @@ void flash_tc_setup() {
     if (bytes > 48 * 1024)
       BT_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   };
-  raise(reinterpret_cast<const void*>(&flash_tc_forward_kernel<HD>), Tr::kFwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_tc_backward_dkdv_kernel<HD>), Tr::kBwdSmem);
-  raise(reinterpret_cast<const void*>(&flash_tc_backward_dq_kernel<HD>), Tr::kBwdSmem);
+  for (const void* fn : {reinterpret_cast<const void*>(&flash_tc_forward_kernel<HD, false>),
+                         reinterpret_cast<const void*>(&flash_tc_forward_kernel<HD, true>)})
+    raise(fn, Tr::kFwdSmem);
+  for (const void* fn : {reinterpret_cast<const void*>(&flash_tc_backward_dkdv_kernel<HD, false>),
+                         reinterpret_cast<const void*>(&flash_tc_backward_dkdv_kernel<HD, true>),
+                         reinterpret_cast<const void*>(&flash_tc_backward_dq_kernel<HD, false>),
+                         reinterpret_cast<const void*>(&flash_tc_backward_dq_kernel<HD, true>)})
+    raise(fn, Tr::kBwdSmem);
 }
 
 }  // namespace bt::cuda

@@ -8,7 +8,8 @@
 // and lse; then each lane computes output dims d = lane, lane + 32, ... Backward: p from q, k
 // and lse, dp = dO_i . v_j, D_i = sum_j p dp (the softmax-backward term, from the recomputed p
 // so it needs no `out`), ds = p (dp - D_i) / sqrt(hd) (0 for a hidden key); dq, dk, dv by dims
-// per lane, summed in a fixed order. Deterministic, no atomics.
+// per lane, summed in a fixed order. Deterministic, no atomics. Each kernel exists with and
+// without the key mask (KeyMask<kMasked>), so unpadded batches run the unmasked code.
 #include <algorithm>
 
 #include "model/cuda/attention.cuh"
@@ -60,7 +61,7 @@ __device__ __forceinline__ float dot_rows(const float* a, const float* b, int hd
   return s;
 }
 
-template <class T>
+template <class T, bool kMasked>
 __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
   BT_EXTERN_SHARED(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -68,7 +69,7 @@ __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
   if (bh >= size_t(a.B) * a.H) return;  // no block-level sync below: a warp may leave
   const int Tn = a.T, hd = a.hd, H = a.H, st = hd + 1;
   const int b = int(bh / H), h = int(bh % H);
-  const KeyMask mask(a, b);
+  const KeyMask<kMasked> mask(a, b);
   float* qs = smem + warp * fwd_floats_per_warp(Tn, hd);  // [T][hd+1]
   float* ks = qs + Tn * st;                               // [T][hd+1]
   float* vs = ks + Tn * st;                               // [T][hd+1]
@@ -97,7 +98,7 @@ __global__ void small_attention_forward_kernel(AttnArgs a, int warps) {
   }
 }
 
-template <class T>
+template <class T, bool kMasked>
 __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
   BT_EXTERN_SHARED(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -105,7 +106,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
   if (bh >= size_t(a.B) * a.H) return;
   const int Tn = a.T, hd = a.hd, H = a.H, st = hd + 1;
   const int b = int(bh / H), h = int(bh % H);
-  const KeyMask mask(a, b);
+  const KeyMask<kMasked> mask(a, b);
   float* qs = smem + warp * bwd_floats_per_warp(Tn, hd);  // [T][hd+1]
   float* ks = qs + Tn * st;                               // [T][hd+1]
   float* vs = ks + Tn * st;                               // [T][hd+1]
@@ -127,7 +128,7 @@ __global__ void small_attention_backward_kernel(AttnArgs a, int warps) {
     }
     const float Di = warp_sum(p * dp);
     ps[i * kWarp + lane] = p;
-    dss[i * kWarp + lane] = ok && mask.visible(lane) ? p * (dp - Di) * a.scale : 0.f;
+    dss[i * kWarp + lane] = (kMasked && !(ok && mask.visible(lane))) ? 0.f : p * (dp - Di) * a.scale;
   }
   __syncwarp();
   if (a.dq) {
@@ -155,10 +156,14 @@ int warps_for(size_t floats_per_warp, const AttnArgs& a) {
 
 void small_attention_setup(int max_smem_optin) {
   g_max_smem = max_smem_optin;
-  for (const void* fn : {reinterpret_cast<const void*>(&small_attention_forward_kernel<float>),
-                         reinterpret_cast<const void*>(&small_attention_forward_kernel<bf16>),
-                         reinterpret_cast<const void*>(&small_attention_backward_kernel<float>),
-                         reinterpret_cast<const void*>(&small_attention_backward_kernel<bf16>)})
+  for (const void* fn : {reinterpret_cast<const void*>(&small_attention_forward_kernel<float, false>),
+                         reinterpret_cast<const void*>(&small_attention_forward_kernel<bf16, false>),
+                         reinterpret_cast<const void*>(&small_attention_backward_kernel<float, false>),
+                         reinterpret_cast<const void*>(&small_attention_backward_kernel<bf16, false>),
+                         reinterpret_cast<const void*>(&small_attention_forward_kernel<float, true>),
+                         reinterpret_cast<const void*>(&small_attention_forward_kernel<bf16, true>),
+                         reinterpret_cast<const void*>(&small_attention_backward_kernel<float, true>),
+                         reinterpret_cast<const void*>(&small_attention_backward_kernel<bf16, true>)})
     BT_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem_optin));
 }
 
@@ -167,7 +172,10 @@ void small_attention_forward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const int warps = warps_for(per_warp, a);
   const unsigned grid = unsigned(ceil_div(int64_t(a.B) * a.H, warps));
   const size_t smem = per_warp * warps * sizeof(float);
-  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, warps * kWarp, smem, stream, small_attention_forward_kernel<X>)(a, warps));
+  BT_DISPATCH_ACT(t, X,
+                  BT_DISPATCH_MASK(a.keys, M,
+                                   BT_LAUNCH(grid, warps * kWarp, smem, stream,
+                                             small_attention_forward_kernel<X, M>)(a, warps)));
   BT_KERNEL_CHECK("small_attention_forward_kernel");
 }
 
@@ -176,7 +184,10 @@ void small_attention_backward(const AttnArgs& a, DType t, cudaStream_t stream) {
   const int warps = warps_for(per_warp, a);
   const unsigned grid = unsigned(ceil_div(int64_t(a.B) * a.H, warps));
   const size_t smem = per_warp * warps * sizeof(float);
-  BT_DISPATCH_ACT(t, X, BT_LAUNCH(grid, warps * kWarp, smem, stream, small_attention_backward_kernel<X>)(a, warps));
+  BT_DISPATCH_ACT(t, X,
+                  BT_DISPATCH_MASK(a.keys, M,
+                                   BT_LAUNCH(grid, warps * kWarp, smem, stream,
+                                             small_attention_backward_kernel<X, M>)(a, warps)));
   BT_KERNEL_CHECK("small_attention_backward_kernel");
 }
 
