@@ -69,8 +69,12 @@ InferenceModel open_inference_model(const std::string& ckpt, const std::string& 
     } catch (const Error&) {
     }
   }
-  if (r.eos_id < 0)
-    if (auto tok = find_tokenizer(r, "")) r.eos_id = tok->eos_id();
+  if (r.eos_id < 0) {
+    try {  // a missing or mismatching tokenizer only leaves the EOS unknown here
+      if (auto tok = find_tokenizer(r, "")) r.eos_id = tok->eos_id();
+    } catch (const Error&) {
+    }
+  }
   return r;
 }
 

@@ -15,6 +15,7 @@
 // gradient element gets a single `+=` (two calls give exactly twice one call).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -96,9 +97,10 @@ namespace {
 // One (batch, head) of the forward. HD > 0 makes the head dim a compile-time constant (the
 // d-loops unroll and the output row stays in registers: 3x faster at hd = 32); HD = 0 is the
 // generic path. qh, kh, vh [T, hd]; att_h [T, T]; out_h points at (b, t = 0, h) of out, rows
-// `out_stride` apart. km [T] (the sequence's key mask, 1 = visible) may be null: all visible;
-// first = the first visible key (rows t < first have none and average v_0..v_t equally).
-template <class T, int HD>
+// `out_stride` apart. kMasked: km [T] is the sequence's key mask (1 = visible) and first its
+// first visible key (rows t < first have none and average v_0..v_t equally); without it (km
+// unused) the loops are those of unmasked attention.
+template <class T, int HD, bool kMasked>
 void attention_head_forward(T* out_h, size_t out_stride, T* att_h, const T* qh, const T* kh, const T* vh, int Tn,
                             int hd_runtime, T scale, const int32_t* km, int first) {
   const int hd = HD > 0 ? HD : hd_runtime;
@@ -106,20 +108,20 @@ void attention_head_forward(T* out_h, size_t out_stride, T* att_h, const T* qh, 
   for (int t = 0; t < Tn; ++t) {
     T* p = att_h + static_cast<size_t>(t) * Tn;
     const T* qt = qh + static_cast<size_t>(t) * hd;
-    if (t < first) {  // no visible key (a row of only pads): equal weights over keys 0..t
+    if (kMasked && t < first) {  // no visible key (a row of only pads): equal weights over keys 0..t
       const T w = T(1) / T(t + 1);
       for (int j = 0; j <= t; ++j) p[j] = w;
     } else {
       T mx = -INFINITY;
       for (int j = 0; j <= t; ++j) {
-        if (km && !km[j]) continue;  // a hidden key (pad)
+        if (kMasked && !km[j]) continue;  // a hidden key (pad)
         const T sj = dot(qt, kh + static_cast<size_t>(j) * hd, hd) * scale;
         p[j] = sj;
         mx = sj > mx ? sj : mx;
       }
       T sum = 0;
       for (int j = 0; j <= t; ++j) {
-        const T e = km && !km[j] ? T(0) : std::exp(p[j] - mx);
+        const T e = kMasked && !km[j] ? T(0) : std::exp(p[j] - mx);
         p[j] = e;
         sum += e;
       }
@@ -142,7 +144,7 @@ void attention_head_forward(T* out_h, size_t out_stride, T* att_h, const T* qh, 
 // One (batch, head) of the backward, summing into dq_h (one `+=` per row) and into the zeroed
 // per-thread dk_acc, dv_acc [T, hd]. dout_h is laid out like out_h above; dp is [T] scratch.
 // km as in the forward: a hidden key's score is a constant, so it gets no score gradient.
-template <class T, int HD>
+template <class T, int HD, bool kMasked>
 void attention_head_backward(T* dq_h, T* dk_acc, T* dv_acc, T* dp, const T* dout_h, size_t out_stride,
                              const T* att_h, const T* qh, const T* kh, const T* vh, int Tn, int hd_runtime, T scale,
                              const int32_t* km) {
@@ -162,7 +164,7 @@ void attention_head_backward(T* dq_h, T* dk_acc, T* dv_acc, T* dp, const T* dout
     }
     for (int d = 0; d < hd; ++d) dq_row[d] = 0;
     for (int j = 0; j <= t; ++j) {
-      if (km && !km[j]) continue;
+      if (kMasked && !km[j]) continue;
       const T ds = p[j] * (dp[j] - pdp) * scale;  // d(score_j) including the 1/sqrt(hd)
       axpy(dq_row, ds, kh + static_cast<size_t>(j) * hd, hd);
       axpy(dk_acc + static_cast<size_t>(j) * hd, ds, qt, hd);
@@ -192,12 +194,17 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, size_
     T* att_h = att + bh * TT;
     const int32_t* km = keys ? keys + b * Tn : nullptr;
     const int f = keys ? first[b] : 0;
-    switch (hd) {
-      case 32: attention_head_forward<T, 32>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
-      case 64: attention_head_forward<T, 64>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
-      case 128: attention_head_forward<T, 128>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
-      default: attention_head_forward<T, 0>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f);
-    }
+    auto run = [&](auto masked) {
+      constexpr bool M = decltype(masked)::value;
+      switch (hd) {
+        case 32: attention_head_forward<T, 32, M>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+        case 64: attention_head_forward<T, 64, M>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+        case 128: attention_head_forward<T, 128, M>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f); break;
+        default: attention_head_forward<T, 0, M>(out_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale, km, f);
+      }
+    };
+    if (km) run(std::true_type{});
+    else run(std::false_type{});
   }
 }
 
@@ -224,23 +231,28 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const 
       std::fill(dk_acc.begin(), dk_acc.end(), T(0));
       std::fill(dv_acc.begin(), dv_acc.end(), T(0));
       T *dka = dk_acc.data(), *dva = dv_acc.data(), *dpp = dp.data();
-      switch (hd) {
-        case 32:
-          attention_head_backward<T, 32>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
-                                          km);
-          break;
-        case 64:
-          attention_head_backward<T, 64>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
-                                          km);
-          break;
-        case 128:
-          attention_head_backward<T, 128>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
-                                          km);
-          break;
-        default:
-          attention_head_backward<T, 0>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd, scale,
-                                          km);
-      }
+      auto run = [&](auto masked) {
+        constexpr bool M = decltype(masked)::value;
+        switch (hd) {
+          case 32:
+            attention_head_backward<T, 32, M>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd,
+                                              scale, km);
+            break;
+          case 64:
+            attention_head_backward<T, 64, M>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd,
+                                              scale, km);
+            break;
+          case 128:
+            attention_head_backward<T, 128, M>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd,
+                                               scale, km);
+            break;
+          default:
+            attention_head_backward<T, 0, M>(dq_h, dka, dva, dpp, dout_h, out_stride, att_h, qh, kh, vh, Tn, hd,
+                                             scale, km);
+        }
+      };
+      if (km) run(std::true_type{});
+      else run(std::false_type{});
       if (dk) {
         T* o = dk + bh * head;
         for (size_t i = 0; i < head; ++i) o[i] += dk_acc[i];
