@@ -32,6 +32,17 @@ ModelConfig block_cfg(int LB = 4, int R = 2) {
   return m;
 }
 
+// The official variants: the projection_layer embedder and the summation token decoder (R = L_B).
+ModelConfig variant_cfg(const std::string& method = "projection_layer", const std::string& strategy = "summation") {
+  ModelConfig m = block_cfg(4, 2);
+  m.projection_method = method;
+  if (method == "projection_layer") m.embedder_dim = 12;
+  m.decoding_strategy = strategy;
+  if (strategy == "summation") m.token_decoder.prefix_length = m.block_length;
+  m.bos_token_id = 60;
+  return m;
+}
+
 ModelConfig vanilla_cfg() {
   ModelConfig m;
   m.kind = "vanilla";
@@ -161,13 +172,15 @@ TEST_P(CudaDecode, DrawsFollowTheRenormalisedDistribution) {
 // The same model on the device and on the CPU (fp32): the same tokens.
 TEST_P(CudaDecode, GenerationMatchesCpu) {
   if (GetParam().bf16()) GTEST_SKIP() << "token-for-token equality needs fp32 logits";
-  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(2, 1), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(2, 1), variant_cfg(), variant_cfg("concat", "summation"),
+                               variant_cfg("projection_layer", "prefix"), vanilla_cfg()}) {
     const auto w = weights_for(m);
     Side g(make_gpu(GetParam()), m, w), c(make_cpu(), m, w);
     const auto prompts = prompts_of({3, 9, 1, 6}, m.vocab_size, 7);
     for (const GenerateOptions& o : {greedy(10), sampled(10, 42)}) {
       const GenerateResult rg = g.gen->generate(prompts, o), rc = c.gen->generate(prompts, o);
-      EXPECT_EQ(rg.tokens, rc.tokens) << m.kind << " L_B " << m.block_length << (o.sampling.greedy ? " greedy" : " sampled");
+      EXPECT_EQ(rg.tokens, rc.tokens) << m.kind << " L_B " << m.block_length << " " << m.projection_method << " "
+                                      << m.decoding_strategy << (o.sampling.greedy ? " greedy" : " sampled");
       EXPECT_EQ(rg.hit_eos, rc.hit_eos);
     }
     // EOS stopping on the device: the third token of prompt 0 as the stop token.
@@ -182,7 +195,7 @@ TEST_P(CudaDecode, GenerationMatchesCpu) {
 
 // A decode step reads back the new ids only: at most 8 bytes per sequence and token, never logits.
 TEST_P(CudaDecode, DecodeStepsMoveOnlyTheNewIds) {
-  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(4, 2), variant_cfg(), vanilla_cfg()}) {
     Side g(make_gpu(GetParam()), m, weights_for(m));
     for (int B : {1, 5}) {
       const auto prompts = prompts_of(std::vector<int>(B, 6), m.vocab_size, 3);
@@ -203,7 +216,7 @@ TEST_P(CudaDecode, DecodeStepsMoveOnlyTheNewIds) {
 
 // Graph replay against plain launches: the same tokens and the same logits, bit for bit.
 TEST_P(CudaDecode, GraphReplayEqualsPlainLaunches) {
-  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(4, 2), variant_cfg(), vanilla_cfg()}) {
     const auto w = weights_for(m);
     Side graphs(make_gpu(GetParam()), m, w), plain(make_gpu(GetParam()), m, w);
     cuda_set_graphs(*plain.be, false);
@@ -260,7 +273,7 @@ TEST_P(CudaDecode, AStepMustStayOnTheDevice) {
 
 // The memory plan of `bt bench infer --batch auto` is what the generator takes from the arena.
 TEST_P(CudaDecode, MemoryPlanIsWhatTheArenaHandsOut) {
-  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(4, 2), variant_cfg(), vanilla_cfg()}) {
     auto gpu = make_gpu(GetParam());
     Model model(m, *gpu, 0);
     Generator gen(model);

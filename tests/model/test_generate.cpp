@@ -338,7 +338,8 @@ TEST(Generate, DecodeStepsMoveOnlyTheNewIds) {
 // plan_decode is exactly what a fresh generator allocates (the CPU backend rounds to 64 bytes),
 // and largest_batch is the boundary of the plan.
 TEST(Generate, MemoryPlanIsWhatTheGeneratorAllocates) {
-  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(8, 3, 64), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(4, 2), block_cfg(8, 3, 64), variant_cfg("projection_layer", "summation"),
+                               variant_cfg("projection_layer", "prefix"), vanilla_cfg()}) {
     for (int B : {1, 7}) {
       for (auto [prompt, gen_len] : {std::pair{9, 5}, std::pair{3, 20}}) {
         auto be = make_cpu_backend(DType::f32);
@@ -368,7 +369,7 @@ TEST(Generate, MemoryPlanIsWhatTheGeneratorAllocates) {
 
 // Prefill in chunks of a few positions per call, and the profiled run: the same tokens.
 TEST(Generate, ChunkedPrefillAndProfilingGiveTheSameTokens) {
-  for (const ModelConfig& m : {block_cfg(2, 1), vanilla_cfg()}) {
+  for (const ModelConfig& m : {block_cfg(2, 1), variant_cfg("projection_layer", "summation", 2), vanilla_cfg()}) {
     auto be = make_cpu_backend(DType::f64);
     Model model(m, *be, 0);
     init_model(model, 6);
