@@ -33,7 +33,7 @@ struct GenerateOptions {
   int max_new_tokens = 64;
   SamplingOptions sampling;
   int eos_id = -1;  // a sequence stops when it produces this id (-1: never)
-  int pad_id = 0;   // left padding of prompts (the loader pads with EOS; use the tokenizer's EOS)
+  int pad_id = 0;   // left padding of prompts: the model's pad token (bt generate: model.pad_token_id, else the data's EOS)
   // The Philox stream of each prompt (empty: the prompt's index). A prompt's samples depend only
   // on (seed, its stream, the token index), not on its row or on the other prompts of the batch.
   std::vector<int32_t> streams;
