@@ -78,6 +78,7 @@ UptrainReport load_from_vanilla(const LoadFromVanillaConfig& u, const ModelConfi
     dir = fs::path(u.checkpoint_path).parent_path();
   }
   BT_CHECK(fs::exists(r.weights), "load_from_vanilla.checkpoint_path: ", r.weights, " does not exist");
+  verify_checkpoint_file(r.weights);  // against our checkpoint's checksums.json, when it has one
   const VanillaMeta meta = read_meta(dir.empty() ? fs::path(".") : dir, u.checkpoint_path);
   SafetensorsReader f(r.weights);
   while (f.contains("gpt_neox.layers." + std::to_string(r.vanilla_layers) + ".input_layernorm.weight"))

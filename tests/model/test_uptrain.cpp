@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
 #include "model/checkpoint.h"
@@ -192,4 +193,33 @@ TEST_F(Uptrain, ErrorsAndWarnings) {
   ASSERT_EQ(r.warnings.size(), 1u);
   EXPECT_NE(r.warnings[0].find("the vanilla model has 2 heads, model.block_decoder 4"), std::string::npos)
       << r.warnings[0];
+}
+
+TEST_F(Uptrain, DamagedVanillaCheckpointIsRefused) {
+  // One flipped byte in the weights of our own checkpoint: its checksums.json catches it before
+  // any tensor is copied (an HF directory has no checksums.json and is read as it is).
+  const std::string dir = save_vanilla(4);
+  const fs::path w = fs::path(dir) / "model.safetensors";
+  {
+    std::fstream f(w, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(w) - 5));
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(w) - 5));
+    c = static_cast<char>(c ^ 0x10);
+    f.write(&c, 1);
+  }
+  ModelConfig m = block_config(2, 2);
+  ParamTable t(m);
+  std::vector<float> flat(t.total());
+  LoadFromVanillaConfig u;
+  u.checkpoint_path = dir;
+  std::string e;
+  try {
+    load_from_vanilla(u, m, t, flat.data());
+  } catch (const Error& x) {
+    e = x.what();
+  }
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find("checkpoint"), std::string::npos) << e;
 }
