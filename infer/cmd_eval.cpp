@@ -1,9 +1,11 @@
 // `bt eval --ckpt DIR --data GLOB [--batches N]`: loss, perplexity and (block models) the loss per
 // position inside the block over shards, read in order (no shuffling), with the padding options of
-// the checkpoint's config. `--tokens-file` evaluates raw int32 windows instead (with `--mask-file`:
-// their pad mask), `--dump-logits` writes every logit row (float32, the Model's row order) and
-// `--grads` the gradient of the mean loss for every parameter (safetensors, official names): the
-// peer tests compare them with PyTorch, in double with `--precision fp64`.
+// the checkpoint's config; every window of the set, whatever the batch size. `--tokens-file`
+// evaluates raw int32 windows instead (with `--mask-file`: their pad mask), `--dump-logits` writes
+// every logit row (float32, the Model's row order) and `--grads` the gradient of the mean loss for
+// every parameter (safetensors, official names): the peer tests compare them with PyTorch, in
+// double with `--precision fp64`.
+// `bt eval --task NAME --task-data DIR`: zero-shot tasks (infer/eval_tasks.h).
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
@@ -18,6 +20,7 @@
 #include "core/log.h"
 #include "core/timer.h"
 #include "data/loader.h"
+#include "infer/eval_tasks.h"
 #include "infer/load.h"
 #include "model/safetensors.h"
 
@@ -58,6 +61,7 @@ void add_eval_command(CLI::App& app) {
     std::vector<std::string> overrides;
     int batches = 0, batch_size = 0;
     bool json = false;
+    TaskEvalArgs task;  // --task mode
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("eval", "loss and perplexity of a checkpoint on token shards");
@@ -81,10 +85,44 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", a->json, "print the result as one JSON object");
   cmd->add_option("--device", a->device, "auto | cpu | cuda");
   cmd->add_option("overrides", a->overrides, "config overrides section.key=value");
+  // Zero-shot tasks (docs/evaluation.md).
+  TaskEvalArgs& t = a->task;
+  cmd->add_option("--task", t.tasks, "zero-shot tasks, comma-separated (lambada_openai, wikitext, hellaswag, piqa, "
+                                     "arc_easy, arc_challenge, sciq, winogrande, or all)");
+  cmd->add_option("--task-data", t.task_data, "directory with the tasks' JSONL files (docs/evaluation.md)");
+  cmd->add_option("--limit", t.limit, "--task: the first N documents of each task (a fraction if below 1)");
+  cmd->add_option("--output", t.output, "--task: write the results JSON here (a .json file, or a directory)");
+  cmd->add_flag("--log-samples", t.log_samples, "--task: also write samples_TASK.jsonl next to the results");
+  cmd->add_option("--context-mode", t.context_mode,
+                  "--task, block models: pad (L_B - 1 pads before each row, the paper's setting) | nopad");
+  cmd->add_option("--max-length", t.max_length, "--task: tokens of model input per request (default: "
+                                                "model.context_length)");
+  cmd->add_option("--pad-id", t.pad_id, "--task, block models: the pad token (default: the tokenizer's EOS)");
+  cmd->add_option("--bootstrap-iters", t.bootstrap_iters, "--task: bootstrap resamples for perplexity's stderr "
+                                                          "(default 100000, 0: no stderr)");
+  cmd->add_flag("!--no-share-context", t.share_context,
+                "--task, vanilla models: score each multiple-choice choice from scratch instead of from the "
+                "question's cached context");
+  cmd->add_option("--tokenizer", t.tokenizer, "--task: byte | spm:PATH | DATA_DIR (default: the checkpoint's)");
   cmd->callback([a, batches, batch_size] {
     BT_CHECK(batches->count() == 0 || a->batches >= 0, "--batches must be >= 0 (0: the whole set; got ", a->batches,
              ")");
     BT_CHECK(batch_size->count() == 0 || a->batch_size >= 1, "--batch-size must be >= 1 (got ", a->batch_size, ")");
+    if (!a->task.tasks.empty()) {
+      BT_CHECK(a->data.empty() && a->tokens_file.empty() && a->mask_file.empty() && a->dump_logits.empty() &&
+                   a->grads.empty() && a->batches == 0,
+               "--task does not combine with --data, --tokens-file, --mask-file, --dump-logits, --grads or --batches");
+      TaskEvalArgs t = a->task;
+      t.ckpt = a->ckpt;
+      t.config = a->config;
+      t.device = a->device;
+      t.precision = a->precision;
+      t.overrides = a->overrides;
+      t.batch_size = a->batch_size;
+      t.json = a->json;
+      run_task_eval(t);
+      return;
+    }
     // The config first, to size the model's micro batch.
     BT_CHECK(a->mask_file.empty() || !a->tokens_file.empty(), "--mask-file goes with --tokens-file");
     InferenceModel im = open_inference_model(a->ckpt, a->config, a->overrides, a->device, a->precision);
@@ -95,8 +133,10 @@ void add_eval_command(CLI::App& app) {
     // Windows to evaluate: [n, L] tokens and mask.
     std::vector<int32_t> tokens;
     std::vector<uint8_t> mask;
+    // Every window of the set is evaluated, in stream order, whatever the batch size: the loader
+    // hands out one window at a time and the last batch may be partial.
     std::unique_ptr<Loader> loader;
-    int64_t n_batches = 0;
+    int64_t windows = 0, tail_tokens = 0;
     if (!a->tokens_file.empty()) {
       std::ifstream f(a->tokens_file, std::ios::binary | std::ios::ate);
       BT_CHECK(f.good(), "--tokens-file ", a->tokens_file, ": cannot read");
@@ -115,9 +155,7 @@ void add_eval_command(CLI::App& app) {
         m.seekg(0);
         m.read(reinterpret_cast<char*>(mask.data()), static_cast<std::streamsize>(mask.size()));
       }
-      const int64_t windows = static_cast<int64_t>(tokens.size()) / L;
-      B = static_cast<int>(std::min<int64_t>(B, windows));
-      n_batches = (windows + B - 1) / B;
+      windows = static_cast<int64_t>(tokens.size()) / L;
     } else {
       const std::string glob = a->data.empty() ? im.config.data.val : a->data;
       BT_CHECK(!glob.empty(), "no data to evaluate: give --data GLOB (the config has no data.val)");
@@ -132,6 +170,7 @@ void add_eval_command(CLI::App& app) {
       lo.shuffle = false;
       lo.prefetch = false;
       lo.verify_checksums = im.config.data.verify_checksums;
+      lo.global_batch = lo.micro_batch = 1;
       // Windows are read lazily from the shards, as in training.
       std::shared_ptr<const TokenSource> stream = open_shard_source(glob, lo);
       // Shards of another tokenizer than the checkpoint's would give a meaningless loss.
@@ -139,15 +178,13 @@ void add_eval_command(CLI::App& app) {
       BT_CHECK(ck_tok.empty() || ck_tok == stream->tokenizer(), "the shards '", glob, "' were made with tokenizer ",
                stream->tokenizer(), " but the checkpoint ", im.dir, " was trained with ", ck_tok,
                ": evaluate on shards prepared with the checkpoint's tokenizer (its tokenizer.json)");
-      // Probe the number of windows with a batch of 1, then size the batch to the data.
-      lo.global_batch = lo.micro_batch = 1;
-      const uint64_t windows = Loader(stream, lo).windows_per_epoch();
-      BT_CHECK(windows > 0, glob, ": fewer than ", L, " tokens, not one window of model.context_length");
-      B = static_cast<int>(std::min<uint64_t>(B, windows));
-      lo.global_batch = lo.micro_batch = B;
       loader = std::make_unique<Loader>(stream, lo);
-      n_batches = static_cast<int64_t>(loader->steps_per_epoch());
+      windows = static_cast<int64_t>(loader->windows_per_epoch());
+      BT_CHECK(windows > 0, glob, ": fewer than ", L, " tokens, not one window of model.context_length");
+      tail_tokens = static_cast<int64_t>(loader->padded_tokens()) - windows * L;
     }
+    B = static_cast<int>(std::min<int64_t>(B, windows));
+    int64_t n_batches = (windows + B - 1) / B;
     if (a->batches > 0) n_batches = std::min<int64_t>(n_batches, a->batches);
 
     load_inference_weights(im, B);
@@ -166,19 +203,24 @@ void add_eval_command(CLI::App& app) {
     LossStats total;
     int64_t windows_done = 0;
     std::vector<float> h_logits;
+    std::vector<int32_t> batch_tokens;
+    std::vector<uint8_t> batch_mask;
     for (int64_t i = 0; i < n_batches; ++i) {
+      const int64_t first = i * B;
+      const int rows = static_cast<int>(std::min<int64_t>(B, windows - first));
       const int32_t* tk;
       const uint8_t* mk;
-      int rows;
-      StepBatch sb;
       if (loader) {
-        sb = loader->next();
-        tk = sb.micro[0].tokens.data();
-        mk = sb.micro[0].mask.data();
-        rows = sb.micro[0].rows;
+        batch_tokens.clear();
+        batch_mask.clear();
+        for (int r = 0; r < rows; ++r) {
+          StepBatch sb = loader->next();
+          batch_tokens.insert(batch_tokens.end(), sb.micro[0].tokens.begin(), sb.micro[0].tokens.end());
+          batch_mask.insert(batch_mask.end(), sb.micro[0].mask.begin(), sb.micro[0].mask.end());
+        }
+        tk = batch_tokens.data();
+        mk = batch_mask.data();
       } else {
-        const int64_t first = i * B;
-        rows = static_cast<int>(std::min<int64_t>(B, static_cast<int64_t>(tokens.size()) / L - first));
         tk = tokens.data() + first * L;
         mk = mask.data() + first * L;
       }
@@ -203,17 +245,27 @@ void add_eval_command(CLI::App& app) {
     for (size_t i = 0; i < total.pos_sum.size(); ++i)
       by_pos.push_back(total.pos_count[i] ? total.pos_sum[i] / double(total.pos_count[i]) : 0.0);
     if (a->json) {
-      nlohmann::json j = {{"loss", loss},       {"ppl", std::exp(loss)},         {"targets", total.targets},
-                          {"windows", windows_done}, {"loss_by_position", by_pos}, {"model", mc.kind},
+      nlohmann::json j = {{"loss", loss},
+                          {"ppl", std::exp(loss)},
+                          {"targets", total.targets},
+                          {"windows", windows_done},
+                          {"windows_total", windows},
+                          {"tail_tokens", tail_tokens},
+                          {"loss_by_position", by_pos},
+                          {"model", mc.kind},
                           {"seconds", timer.seconds()}};
       fmt::print("{}\n", j.dump());
     } else {
       std::string pos;
       for (size_t i = 0; i < by_pos.size(); ++i) pos += fmt::format("{}{:.4f}", i ? " " : "", by_pos[i]);
       const double ppl = std::exp(loss);
-      fmt::print("eval {}: {} windows, {} targets | loss {:.4f} | ppl {}{} | {:.1f} s\n",
-                 im.dir.empty() ? im.weights : im.dir, windows_done, total.targets, loss,
-                 ppl < 1e6 ? fmt::format("{:.2f}", ppl) : fmt::format("{:.3e}", ppl),
+      // Which windows: the first `windows_done` of the set, in stream order.
+      const std::string which = windows_done == windows ? fmt::format("all {} windows", windows)
+                                                        : fmt::format("windows 1-{} of {}", windows_done, windows);
+      fmt::print("eval {}: {} of {} tokens{}, {} targets | loss {:.4f} | ppl {}{} | {:.1f} s\n",
+                 im.dir.empty() ? im.weights : im.dir, which, L,
+                 tail_tokens > 0 ? fmt::format(" (the last {} tokens fill no window)", tail_tokens) : "",
+                 total.targets, loss, ppl < 1e6 ? fmt::format("{:.2f}", ppl) : fmt::format("{:.3e}", ppl),
                  mc.is_block() ? " | loss by position in block " + pos : "", timer.seconds());
     }
   });

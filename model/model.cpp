@@ -113,25 +113,26 @@ void Model::zero_grads() {
 }
 
 Tensor Model::logits_rows(int B) const {
-  const int64_t rows = cfg_.is_block() ? int64_t(B) * (cfg_.num_blocks() - 1) * cfg_.block_length
-                                       : int64_t(B) * cfg_.context_length;
+  const int64_t T = last_T_ ? last_T_ : cfg_.context_length;
+  const int64_t rows = cfg_.is_block() ? int64_t(B) * (T / cfg_.block_length - 1) * cfg_.block_length : int64_t(B) * T;
   return Tensor(logits_.data, {rows, cfg_.vocab_size}, logits_.dtype, logits_.device);
 }
 
 int64_t Model::logit_row(int b, int p) const {
+  const int T = last_T_ ? last_T_ : cfg_.context_length;
   if (cfg_.is_block()) {
-    const int LB = cfg_.block_length, N = cfg_.num_blocks();
-    BT_CHECK(p >= LB && p < cfg_.context_length, "block model: position ", p, " is not a target");
+    const int LB = cfg_.block_length, N = T / LB;
+    BT_CHECK(p >= LB && p < T, "block model: position ", p, " is not a target");
     return (int64_t(b) * (N - 1) + (p / LB - 1)) * LB + p % LB;
   }
-  BT_CHECK(p >= 1 && p < cfg_.context_length, "vanilla model: position ", p, " is not a target");
-  return int64_t(b) * cfg_.context_length + (p - 1);
+  BT_CHECK(p >= 1 && p < T, "vanilla model: position ", p, " is not a target");
+  return int64_t(b) * T + (p - 1);
 }
 
 void Model::build_targets(const int32_t* tokens, const uint8_t* mask, int B) {
-  const int L = cfg_.context_length;
+  const int L = last_T_;
   if (cfg_.is_block()) {
-    const int LB = cfg_.block_length, N = cfg_.num_blocks();
+    const int LB = cfg_.block_length, N = L / LB;
     h_targets_.assign(size_t(B) * (N - 1) * LB, -1);
     for (int b = 0; b < B; ++b)
       for (int p = LB; p < L; ++p) {
@@ -193,11 +194,27 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
   BT_CHECK(max_B_ > 0, "model: built for inference only (max_batch 0): forward() needs a micro batch");
   BT_CHECK(B >= 1 && B <= max_B_, "model: batch of ", B, " sequences exceeds the micro batch ", max_B_,
            " the model was sized for");
-  const int64_t L = cfg_.context_length, V = cfg_.vocab_size;
+  return forward_impl(tokens, mask, B, cfg_.context_length, with_grad, dscale);
+}
+
+LossStats Model::forward_window(const int32_t* tokens, const uint8_t* mask, int B, int T) {
+  BT_CHECK(max_B_ > 0, "model: built for inference only (max_batch 0): forward() needs a micro batch");
+  const int LB = cfg_.is_block() ? cfg_.block_length : 1;
+  BT_CHECK(T >= 2 * LB && T % LB == 0 && T <= cfg_.context_length, "model: windows of ", T,
+           " tokens (need a multiple of ", LB, " from ", 2 * LB, " to model.context_length ", cfg_.context_length, ")");
+  BT_CHECK(B >= 1 && int64_t(B) * T <= int64_t(max_B_) * cfg_.context_length, "model: ", B, " windows of ", T,
+           " tokens exceed the ", max_B_, " x ", cfg_.context_length, " tokens the model was sized for");
+  return forward_impl(tokens, mask, B, T, false, 1.0);
+}
+
+LossStats Model::forward_impl(const int32_t* tokens, const uint8_t* mask, int B, int T, bool with_grad,
+                              double dscale) {
+  const int64_t L = T, V = cfg_.vocab_size;
   for (int64_t i = 0; i < int64_t(B) * L; ++i)
     BT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id ", tokens[i], " at position ", i % L, " of sequence ",
              i / L, " is out of range for model.vocab_size ", V, " (was the data prepared with another tokenizer?)");
   last_B_ = B;
+  last_T_ = T;
   have_grad_ = with_grad;
   Tensor tok(tokens_.data, {int64_t(B) * L}, DType::i32, tokens_.device);
   be_.upload(tok, tokens, DType::i32);
@@ -208,7 +225,7 @@ LossStats Model::forward(const int32_t* tokens, const uint8_t* mask, int B, bool
   Tensor sel;  // [rows, D] the hidden states that the head turns into logits
   Tensor head;
   if (cfg_.is_block()) {
-    const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
+    const int64_t LB = cfg_.block_length, N = L / LB, DB = cfg_.block_decoder.dim;
     const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
     const int64_t P = row_start(), S = row_length();  // t_1 sits at position P of a row of S
     const int64_t rows_td = int64_t(B) * (N - 1);
@@ -305,12 +322,12 @@ void Model::backward(const std::function<void(const Tensor&)>& on_ready) {
   BT_CHECK(have_grad_, "model: backward() needs a forward with gradients first");
   have_grad_ = false;
   const int B = last_B_;
-  const int64_t L = cfg_.context_length;
+  const int64_t L = last_T_;
   Tensor tok(tokens_.data, {int64_t(B) * L}, DType::i32, tokens_.device);
   Tensor logits = logits_rows(B);
   Tensor dlogits(dlogits_.data, logits.shape, dlogits_.dtype, dlogits_.device);
   if (cfg_.is_block()) {
-    const int64_t LB = cfg_.block_length, N = cfg_.num_blocks(), DB = cfg_.block_decoder.dim;
+    const int64_t LB = cfg_.block_length, N = L / LB, DB = cfg_.block_decoder.dim;
     const int64_t DT = cfg_.token_decoder.dim, R = cfg_.token_decoder.prefix_length;
     const int64_t E = cfg_.embedder_dim, P = row_start(), S = row_length();
     const int64_t rows_td = int64_t(B) * (N - 1);

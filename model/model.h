@@ -30,6 +30,7 @@ class Model {
   // (zeros) for ZeRO-1's in-place collectives (params_padded, grads_padded).
   Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts = 1);
   const ModelConfig& config() const { return cfg_; }
+  int max_batch() const { return max_B_; }
   const ParamTable& table() const { return table_; }
   Backend& backend() { return be_; }
   Tensor params() const { return params_; }  // [total] act dtype
@@ -54,6 +55,11 @@ class Model {
   // (in the token decoder it predicts the next token). With backward, also computes
   // d(dscale * loss_sum)/dlogits, ready for backward().
   LossStats forward(const int32_t* tokens, const uint8_t* mask, int B, bool with_grad = false, double dscale = 1.0);
+  // The same forward (no gradient) over B windows of T <= context_length tokens (block: a
+  // multiple of L_B, at least 2 blocks), packed so that B * T <= max_batch * context_length:
+  // evaluation of short sequences puts many of them in one call (infer/lm_scorer). logits(),
+  // logit_row() and row_losses() then describe this [B, T] batch.
+  LossStats forward_window(const int32_t* tokens, const uint8_t* mask, int B, int T);
   // Accumulates d(dscale * loss_sum)/dparams into grads() (call zero_grads() first).
   // on_ready (optional): see TransformerStack::backward; called in decreasing address order as
   // the flat gradient buffer becomes final from the top down, the last call at grads() itself.
@@ -65,6 +71,8 @@ class Model {
   Tensor logits() const { return logits_rows(last_B_); }
   // Row of logits that predicts token position p of window b (p >= L_B for block, >= 1 vanilla).
   int64_t logit_row(int b, int p) const;
+  // Cross-entropy of every logit row of the last forward (nats; 0 in rows without a target).
+  const std::vector<double>& row_losses() const { return h_losses_; }
 
   // Model FLOPs per trained token (forward + backward), docs/design.md §8: 6 x matmul params + attention.
   double flops_per_token() const;
@@ -85,12 +93,14 @@ class Model {
   // Uploads a key mask of `rows` sequences of T keys (host keys [rows * T], 1 = visible) into the
   // buffers keys [>= rows * T], first [>= rows]; an empty mask when every key is visible.
   AttnMask upload_mask(const std::vector<int32_t>& keys, int64_t rows, int64_t T, Tensor keys_buf, Tensor first_buf);
+  LossStats forward_impl(const int32_t* tokens, const uint8_t* mask, int B, int T, bool with_grad, double dscale);
 
   ModelConfig cfg_;
   Backend& be_;
   ParamTable table_;
   int max_B_;
   int last_B_ = 0;
+  int last_T_ = 0;  // tokens per window of the last forward (context_length, or forward_window's T)
   bool have_grad_ = false;
   Tensor params_, grads_;            // [total] views of:
   Tensor params_full_, grads_full_;  // the allocations, padded for ZeRO-1

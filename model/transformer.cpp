@@ -104,9 +104,12 @@ void TransformerStack::reserve(int64_t max_rows, int64_t T) {
 Tensor TransformerStack::rows(Tensor t, Shape s) const { return Tensor(t.data, s, t.dtype, t.device); }
 
 Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T, const AttnMask& mask) {
-  BT_CHECK(B <= max_rows_ && T == T_, "TransformerStack::forward: batch ", B, "x", T, " exceeds the reserved ",
-           max_rows_, "x", T_);
+  // Shorter sequences may come in more rows (inference over packed windows): every buffer holds
+  // max_rows_ x T_ positions, the attention statistics max_rows_ x T_ x T_.
+  BT_CHECK(T <= T_ && B * T <= max_rows_ * T_, "TransformerStack::forward: batch ", B, "x", T,
+           " exceeds the reserved ", max_rows_, "x", T_);
   B_ = B;
+  Tf_ = T;
   mask_ = mask;
   const int64_t D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   x_in_ = x.view({B, T, D});
@@ -160,7 +163,7 @@ Tensor TransformerStack::forward(Tensor x, int64_t B, int64_t T, const AttnMask&
 }
 
 void TransformerStack::backward(Tensor dout, Tensor dx, const std::function<void(const Tensor&)>& on_ready) {
-  const int64_t B = B_, T = T_, D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
+  const int64_t B = B_, T = Tf_, D = d_.D, F = d_.F, H = d_.H, hd = d_.hd;
   // Gradient w.r.t. the residual after the last layer, from the final LayerNorm.
   Tensor dcur = rows(dres_a_, {B, T, D});
   Tensor dnext = rows(dres_b_, {B, T, D});

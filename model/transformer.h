@@ -56,6 +56,7 @@ class TransformerStack {
   // x [B, T, D] -> returns [B, T, D] (after the final LayerNorm). x is kept (not copied): it
   // must stay unchanged until backward. mask (optional, model/backend.h AttnMask): keys hidden
   // from every layer's attention (pads); its tensors must keep their contents until backward.
+  // T <= the reserved T and B * T <= the reserved rows x T.
   Tensor forward(Tensor x, int64_t B, int64_t T, const AttnMask& mask = {});
   // dout [B, T, D] gradient of the stack's output -> dx [B, T, D] accumulated (+=);
   // parameter gradients accumulated into the grads views.
@@ -109,6 +110,7 @@ class TransformerStack {
   StackDims d_;
   StackTensors p_, g_;
   int64_t max_rows_ = 0, T_ = 0, B_ = 0;
+  int64_t Tf_ = 0;  // sequence length of the last forward (<= T_)
   std::vector<LayerActs> acts_;
   Tensor x_in_;                      // [B, T, D] the input given to forward
   AttnMask mask_;                    // the key mask given to forward (views; empty: none)

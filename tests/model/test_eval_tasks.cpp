@@ -1,0 +1,386 @@
+// Zero-shot task evaluation (infer/tasks, infer/lm_scorer) against answers computed by hand.
+//
+// The models are bigram models by construction, so every log-probability is known:
+//   - every transformer layer has zero matrices and biases, so each position's output is the
+//     final LayerNorm of its input; token t is embedded as +1 / -1 in the two dimensions of its
+//     class (a..z, space, EOS, anything else), so that LayerNorm output identifies the class;
+//   - the head maps class c to logits ln(768) for one successor token succ(c) and 0 for the
+//     other 256 tokens: P(succ) = 768 / 1024 = 3/4 (S = ln 3/4), P(other) = 1/1024 (O = -10 ln 2).
+//     succ: a->b, ..., y->z, z->' ', ' '->a, EOS->a, anything else->' '.
+//   - the block model carries the same bigram across blocks: the lookup embedder puts the class
+//     patterns of the L_B tokens side by side, the block decoder's LayerNorm keeps them, and the
+//     expansion layer copies the last token's pattern into the last prefix vector P_R; inside a
+//     block the token decoder sees the previous token. So a block model scores every position
+//     from position L_B on exactly like the vanilla one (pads in the first block, masked or not,
+//     do not change the pattern's direction, and LayerNorm removes its scale).
+// The task files under tests/tasks were written for these models; the expected values below
+// are counted by hand from their text (comments give the counts). Computed in double (CPU fp64)
+// and compared within 1e-9; in float within 1e-5. Batch sizes, prefix sharing and the vanilla
+// shared-context path must not change any result.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "data/tokenizer.h"
+#include "infer/lm_scorer.h"
+#include "infer/tasks/evaluate.h"
+#include "model/checkpoint.h"
+#include "model/cpu/cpu_backend.h"
+#include "model/model.h"
+
+using namespace bt;
+namespace fs = std::filesystem;
+
+namespace {
+
+const double S = std::log(0.75);          // log P(successor)
+const double O = -10.0 * std::log(2.0);   // log P(any other token) = log 1/1024
+constexpr int V = 257;                    // the byte tokenizer: bytes and EOS = 256
+constexpr int K = 32;                     // classes; patterns of width 2K = 64
+
+int cls(int t) {
+  if (t >= 'a' && t <= 'z') return t - 'a';
+  if (t == ' ') return 26;
+  if (t == 256) return 27;
+  return 28;
+}
+int succ(int c) {
+  if (c < 25) return 'a' + c + 1;
+  if (c == 25) return ' ';
+  if (c == 26 || c == 27) return 'a';
+  return ' ';
+}
+
+std::string src_dir() {
+  const char* s = std::getenv("BT_SOURCE_DIR");
+  return s ? s : ".";
+}
+std::string task_dir() { return src_dir() + "/tests/tasks"; }
+
+ModelConfig vanilla_cfg() {
+  ModelConfig m;
+  m.kind = "vanilla";
+  m.vocab_size = V;
+  m.context_length = 64;
+  m.decoder = {1, 2 * K, 2, 8, 0};
+  m.layernorm_eps = 1e-12;
+  return m;
+}
+
+ModelConfig block_cfg() {
+  ModelConfig m;
+  m.kind = "block";
+  m.vocab_size = V;
+  m.context_length = 64;
+  m.block_length = 4;
+  m.embedder_dim = 2 * K;
+  m.block_decoder = {1, 4 * 2 * K, 2, 8, 0};
+  m.token_decoder = {1, 2 * K, 2, 8, 2};
+  m.layernorm_eps = 1e-12;
+  return m;
+}
+
+// The bigram weights for a model of either kind, as [total] doubles.
+std::vector<double> bigram_params(const ModelConfig& m) {
+  ParamTable t(m);
+  std::vector<double> w(t.total(), 0.0);
+  for (const ParamInfo& p : t.entries())
+    if (p.kind == ParamKind::norm_weight)
+      for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = 1.0;
+  auto pattern = [&](const std::string& name) {  // [V, 2K] class patterns
+    const ParamInfo& p = t.find(name);
+    EXPECT_EQ(p.shape, (std::vector<int64_t>{V, 2 * K})) << name;
+    for (int v = 0; v < V; ++v) {
+      w[p.offset + size_t(v) * 2 * K + 2 * cls(v)] = 1.0;
+      w[p.offset + size_t(v) * 2 * K + 2 * cls(v) + 1] = -1.0;
+    }
+  };
+  auto head = [&](const std::string& name) {  // logits ln 768 for succ(class), 0 otherwise
+    const ParamInfo& p = t.find(name);
+    EXPECT_EQ(p.shape, (std::vector<int64_t>{V, 2 * K})) << name;
+    const double a = std::log(768.0) / (2 * std::sqrt(32.0));  // LayerNorm output is pattern x sqrt(32)
+    for (int c = 0; c < 29; ++c) {
+      const int v = succ(c);
+      w[p.offset + size_t(v) * 2 * K + 2 * c] = a;
+      w[p.offset + size_t(v) * 2 * K + 2 * c + 1] = -a;
+    }
+  };
+  if (m.is_block()) {
+    pattern("embedder.embeddings.weight");
+    pattern("token_decoder.gpt_neox.embed_in.weight");
+    head("token_decoder.embed_out.weight");
+    const ParamInfo& e = t.find("token_decoder.expansion_layer.weight");
+    const int64_t R = m.token_decoder.prefix_length, DT = m.token_decoder.dim, DB = m.block_decoder.dim;
+    EXPECT_EQ(e.shape, (std::vector<int64_t>{R * DT, DB}));
+    for (int64_t i = 0; i < DT; ++i) w[e.offset + size_t((R - 1) * DT + i) * DB + (DB - DT + i)] = 1.0;
+  } else {
+    pattern("gpt_neox.embed_in.weight");
+    head("embed_out.weight");
+  }
+  return w;
+}
+
+struct EvalRun {
+  ModelConfig cfg;
+  DType dtype = DType::f64;
+  int batch = 4;
+  int max_length = 64;
+  BlockContext mode = BlockContext::pad;
+  bool share = true;
+};
+
+// Every task through evaluate_task: name -> metric -> value, plus the scorer statistics.
+struct Outcome {
+  std::map<std::string, std::map<std::string, Aggregate>> metrics;
+  std::map<std::string, TaskResult> results;
+  ScorerStats stats;
+};
+
+Outcome run_tasks(const EvalRun& r, const std::vector<std::string>& tasks) {
+  auto be = make_cpu_backend(r.dtype);
+  ModelConfig m = r.cfg;
+  m.context_length = scorer_window(m, r.max_length, r.mode);
+  Model model(m, *be, r.batch);
+  std::vector<double> w = bigram_params(m);
+  model.set_params(w.data(), DType::f64);
+  ScorerOptions so;
+  so.max_length = r.max_length;
+  so.block_context = r.mode;
+  so.pad_id = 256;
+  so.share_context = r.share;
+  LMScorer scorer(model, so);
+  auto tok = make_byte_tokenizer();
+  TaskEvalOptions to;
+  to.samples = true;
+  to.bootstrap_iters = 1000;
+  Outcome out;
+  for (const auto& name : tasks) {
+    TaskResult tr = evaluate_task(name, load_task(name, task_dir()), scorer, *tok, to);
+    for (const auto& [metric, agg] : tr.metrics) out.metrics[name][metric] = agg;
+    out.results[name] = std::move(tr);
+  }
+  out.stats = scorer.stats();
+  return out;
+}
+
+const std::vector<std::string> kMcTasks = {"hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"};
+
+// Hand-computed multiple-choice results (the same for every model and mode: every context holds at
+// least L_B tokens). Per document, the choices' (S, O) counts are in the comments.
+void expect_mc(const Outcome& o, double tol) {
+  // hellaswag doc 0: context "Ab: cd. Ef gh"; " ab " 2S+2O, " zz" 3O, " xyzz" 2S+3O -> raw and
+  // normalized (lengths 3, 2, 4) pick 0 = gold. doc 1: "Home: Xy. ab Cd"; " def" 2S+2O (len 3),
+  // " efgh..yzz" 21S+3O (len 23) -> raw picks 0, normalized 1 = gold.
+  EXPECT_NEAR(o.metrics.at("hellaswag").at("acc").value, 0.5, tol);
+  EXPECT_NEAR(o.metrics.at("hellaswag").at("acc_norm").value, 1.0, tol);
+  // piqa doc 0: " x" S+O (len 1), " abc..zq" 27S+O (len 27), gold 1: raw 0, normalized 1.
+  // doc 1: " abc" 4S, " zz" S+2O, gold 0: both 0.
+  EXPECT_NEAR(o.metrics.at("piqa").at("acc").value, 0.5, tol);
+  EXPECT_NEAR(o.metrics.at("piqa").at("acc_norm").value, 1.0, tol);
+  // arc_easy doc 0: "ab" 3S, "b" S+O, "zz" S+2O, gold A: both right. doc 1: "y" S+O,
+  // "abc..zq" 27S+O, gold "2": raw wrong, normalized right.
+  EXPECT_NEAR(o.metrics.at("arc_easy").at("acc").value, 0.5, tol);
+  EXPECT_NEAR(o.metrics.at("arc_easy").at("acc_norm").value, 1.0, tol);
+  // arc_challenge (AI2's nested layout) doc 0: "zz" S+2O (gold), "abc" 4S: both wrong.
+  // doc 1: "a" 2S (gold), "q" S+O: both right.
+  EXPECT_NEAR(o.metrics.at("arc_challenge").at("acc").value, 0.5, tol);
+  EXPECT_NEAR(o.metrics.at("arc_challenge").at("acc_norm").value, 0.5, tol);
+  // sciq doc 0: zz, x, qq, abc (gold): 4S wins both. doc 1: abc..zq 27S+O, zzz S+3O, qqq S+3O,
+  // y (gold) S+O: raw right, normalized picks abc..zq.
+  EXPECT_NEAR(o.metrics.at("sciq").at("acc").value, 1.0, tol);
+  EXPECT_NEAR(o.metrics.at("sciq").at("acc_norm").value, 0.5, tol);
+  // winogrande doc 0: "ab x" + " cd ef." 2S+5O, "ab xyz" + " cd ef." 3S+4O (gold): right.
+  // doc 1: "Mm qz" + " ab." 3S+O, "Mm q" + " ab." 2S+2O (gold): wrong.
+  EXPECT_NEAR(o.metrics.at("winogrande").at("acc").value, 0.5, tol);
+  // Standard errors: sample stddev / sqrt(n) of the per-document values.
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc").stderr_, 0.5, tol);           // [0, 1]
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc_norm").stderr_, 0.0, tol);      // [1, 1]
+  // The per-choice loglikelihoods themselves (doc 1 of hellaswag).
+  const auto& resps = o.results.at("hellaswag").samples[1]["resps"];
+  EXPECT_NEAR(resps[0][0].get<double>(), 2 * S + 2 * O, tol);
+  EXPECT_NEAR(resps[1][0].get<double>(), 21 * S + 3 * O, tol);
+}
+
+// lambada: "xyz abcd" -> " abcd" 5S (greedy); "hello abd" -> " abd" 2S+2O; "the cat sat on the
+// mat" -> " mat" 4O. wikitext (max length 8, two windows per page): "abc def-ghi" 7S+4O
+// (4 words, 15 bytes); "cd (ef) gh, ij" 6S+8O (7 words, 17 bytes).
+void expect_lambada(const Outcome& o, const std::vector<double>& lls, double acc, double tol) {
+  double sum = 0;
+  for (double x : lls) sum += x;
+  EXPECT_NEAR(o.metrics.at("lambada_openai").at("acc").value, acc, tol);
+  EXPECT_NEAR(o.metrics.at("lambada_openai").at("perplexity").value, std::exp(-sum / lls.size()),
+              tol * std::exp(-sum / lls.size()));
+  const auto& samples = o.results.at("lambada_openai").samples;
+  for (size_t d = 0; d < lls.size(); ++d) EXPECT_NEAR(samples[d]["resps"][0][0].get<double>(), lls[d], tol) << d;
+}
+
+void expect_wikitext(const Outcome& o, double ll, double tol) {
+  const auto& m = o.metrics.at("wikitext");
+  EXPECT_NEAR(m.at("word_perplexity").value, std::exp(-ll / 11), tol * std::exp(-ll / 11));
+  EXPECT_NEAR(m.at("byte_perplexity").value, std::exp(-ll / 32), tol * std::exp(-ll / 32));
+  EXPECT_NEAR(m.at("bits_per_byte").value, -ll / 32 / std::log(2.0), tol);
+  EXPECT_FALSE(m.at("word_perplexity").stderr_.has_value());  // the harness has none: "N/A"
+}
+
+TEST(EvalTasks, VanillaBigramMatchesHandComputedAnswers) {
+  EvalRun r;
+  r.cfg = vanilla_cfg();
+  Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"});
+  expect_lambada(o, {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-9);
+  EXPECT_NEAR(*o.metrics.at("lambada_openai").at("acc").stderr_, 1.0 / 3, 1e-9);  // [1, 0, 0]
+  expect_mc(o, 1e-9);
+  EXPECT_GT(o.stats.shared_requests, 0);  // the multiple-choice contexts were prefilled once
+  r.max_length = 8;
+  Outcome w = run_tasks(r, {"wikitext"});
+  expect_wikitext(w, 13 * S + 12 * O, 1e-9);
+  EXPECT_EQ(w.results.at("wikitext").samples[0]["windows"].size(), 2u);
+  EXPECT_EQ(w.results.at("wikitext").samples[1]["windows"].size(), 2u);
+  EXPECT_EQ(w.results.at("wikitext").samples[0]["words"], 4);
+  EXPECT_EQ(w.results.at("wikitext").samples[1]["bytes"], 17);
+}
+
+TEST(EvalTasks, VanillaFloatAndEverySchedulingGiveTheSameAnswers) {
+  // fp32, batch sizes from 1 to many rows per forward, with and without the shared-context path,
+  // and left truncation (max length 6: the contexts are cut, the bigram answers are not).
+  for (int batch : {1, 3, 16})
+    for (bool share : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "batch " << batch << " share " << share);
+      EvalRun r;
+      r.cfg = vanilla_cfg();
+      r.dtype = DType::f32;
+      r.batch = batch;
+      r.share = share;
+      Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq",
+                                "winogrande"});
+      expect_lambada(o, {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-5);
+      expect_mc(o, 1e-5);
+      EXPECT_EQ(o.stats.shared_requests > 0, share);
+    }
+  EvalRun r;
+  r.cfg = vanilla_cfg();
+  r.max_length = 6;
+  expect_lambada(run_tasks(r, {"lambada_openai"}), {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-9);
+}
+
+TEST(EvalTasks, BlockPadModeScoresEveryTokenLikeTheVanillaModel) {
+  for (int batch : {1, 5}) {
+    EvalRun r;
+    r.cfg = block_cfg();
+    r.batch = batch;
+    Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq",
+                              "winogrande"});
+    expect_lambada(o, {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-9);
+    expect_mc(o, 1e-9);
+    EXPECT_EQ(o.stats.dropped_tokens, 0);
+    r.max_length = 8;
+    expect_wikitext(run_tasks(r, {"wikitext"}), 13 * S + 12 * O, 1e-9);
+  }
+}
+
+TEST(EvalTasks, BlockNoPadModeDropsTheFirstBlock) {
+  EvalRun r;
+  r.cfg = block_cfg();
+  r.mode = BlockContext::nopad;
+  Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"});
+  // "xyz abcd": the context has 3 tokens, so " " (position 3) is in the first block: 4S left.
+  expect_lambada(o, {4 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-9);
+  EXPECT_EQ(o.stats.dropped_tokens, 1);
+  EXPECT_EQ(o.results.at("lambada_openai").samples[0]["resps"][0][1], true);  // a, b, c, d are all greedy
+  expect_mc(o, 1e-9);  // every multiple-choice context has at least L_B = 4 tokens
+  // Truncated to the last max_length + 1 = 7 tokens: "yz abcd" drops " " and "a" (3S left),
+  // "llo abd" drops " " (a, b, d: 2S+O), "the mat" drops " " (m, a, t: 3O).
+  r.max_length = 6;
+  expect_lambada(run_tasks(r, {"lambada_openai"}), {3 * S, 2 * S + O, 3 * O}, 1.0 / 3, 1e-9);
+  // wikitext, max length 8: windows [EOS, t0..t7] lose t0..t2 (page 1: a, b, c = 3S; page 2: c, d,
+  // ' ' = S+2O); the second window of page 2 has a context of 3 tokens and loses "g" (O).
+  r.max_length = 8;
+  Outcome w = run_tasks(r, {"wikitext"});
+  expect_wikitext(w, (7 - 3) * S + 4 * O + (6 - 1) * S + (8 - 3) * O, 1e-9);
+  EXPECT_EQ(w.stats.dropped_tokens, 7);
+}
+
+TEST(EvalTasks, BlockModelInFloatEveryBatchSize) {
+  for (BlockContext mode : {BlockContext::pad, BlockContext::nopad})
+    for (int batch : {1, 2, 9}) {
+      EvalRun r;
+      r.cfg = block_cfg();
+      r.dtype = DType::f32;
+      r.batch = batch;
+      r.mode = mode;
+      Outcome o = run_tasks(r, kMcTasks);
+      expect_mc(o, 1e-5);
+    }
+}
+
+TEST(EvalTasks, PromptsAreTheHarnessTemplates) {
+  EvalRun r;
+  r.cfg = vanilla_cfg();
+  Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"});
+  auto args = [&](const std::string& t, int d) { return o.results.at(t).samples[d]["arguments"]; };
+  using nlohmann::json;
+  EXPECT_EQ(args("lambada_openai", 2), json::parse(R"([["the cat sat on the", " mat"]])"));
+  // hellaswag: " [title]" -> ". ", "[x]" removed, ctx_b capitalized, double spaces collapsed.
+  EXPECT_EQ(args("hellaswag", 0), json::parse(R"([["Ab: cd. Ef gh", " ab "], ["Ab: cd. Ef gh", " zz"],
+                                                   ["Ab: cd. Ef gh", " xyzz"]])"));
+  EXPECT_EQ(args("hellaswag", 1)[0][0], "Home: Xy. ab Cd");
+  EXPECT_EQ(args("piqa", 0)[1], json::parse(R"(["Question: ab\nAnswer:", " abcdefghijklmnopqrstuvwxyzq"])"));
+  EXPECT_EQ(args("arc_challenge", 0)[0], json::parse(R"(["Question: Q?\nAnswer:", " zz"])"));
+  EXPECT_EQ(args("sciq", 0)[3], json::parse(R"(["some support.\nQuestion: Q\nAnswer:", " abc"])"));
+  EXPECT_EQ(args("sciq", 1)[0][0], "\nQuestion: R\nAnswer:");
+  EXPECT_EQ(args("winogrande", 0), json::parse(R"([["ab x", " cd ef."], ["ab xyz", " cd ef."]])"));
+  EXPECT_EQ(o.results.at("winogrande").samples[0]["target"], 1);
+}
+
+TEST(EvalTasks, OriginalDatasetLayoutsLoadTheSameDocuments) {
+  const fs::path dir = fs::temp_directory_path() / ("bt_eval_layouts_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "piqa");
+  fs::create_directories(dir / "sciq");
+  fs::create_directories(dir / "ARC-Easy");
+  std::ofstream(dir / "piqa" / "valid.jsonl") << R"({"goal": "ab", "sol1": "x", "sol2": "abcdefghijklmnopqrstuvwxyzq"})"
+                                              << "\n" << R"({"goal": "cd", "sol1": "abc", "sol2": "zz"})" << "\n";
+  std::ofstream(dir / "piqa" / "valid-labels.lst") << "1\n0\n";
+  std::ofstream(dir / "sciq" / "test.json")
+      << R"([{"question": "Q", "distractor3": "qq", "distractor1": "zz", "distractor2": "x", "correct_answer": "abc",
+              "support": "  some support."}])";
+  std::ofstream(dir / "ARC-Easy" / "ARC-Easy-Test.jsonl")
+      << R"({"id": "q1", "question": {"stem": "Why?", "choices": [{"text": "ab", "label": "A"}, {"text": "b", "label": "B"}]}, "answerKey": "A"})"
+      << "\n";
+  const LoadedTask piqa = load_task("piqa", dir.string()), ref = load_task("piqa", task_dir());
+  ASSERT_EQ(piqa.docs.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(piqa.docs[i].contexts, ref.docs[i].contexts);
+    EXPECT_EQ(piqa.docs[i].continuations, ref.docs[i].continuations);
+    EXPECT_EQ(piqa.docs[i].gold, ref.docs[i].gold);
+  }
+  const LoadedTask sciq = load_task("sciq", dir.string());
+  ASSERT_EQ(sciq.docs.size(), 1u);
+  EXPECT_EQ(sciq.docs[0].contexts, load_task("sciq", task_dir()).docs[0].contexts);
+  EXPECT_EQ(sciq.docs[0].gold, 3);
+  const LoadedTask arc = load_task("arc_easy", dir.string());
+  EXPECT_EQ(arc.docs[0].continuations, (std::vector<std::string>{" ab", " b"}));
+  // Errors name the file, the line and what is missing.
+  std::ofstream(dir / "winogrande.jsonl") << R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})"
+                                          << "\n";
+  try {
+    load_task("winogrande", dir.string());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("winogrande.jsonl:1"), std::string::npos) << e.what();
+  }
+  try {
+    load_task("hellaswag", dir.string());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("hellaswag_val.jsonl"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
