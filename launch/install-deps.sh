@@ -81,3 +81,33 @@ fi
 if ! build/venv/bin/python3 -c "import tokenizers" 2>/dev/null; then
   build/venv/bin/pip install -q --disable-pip-version-check "tokenizers>=0.15,<0.19"
 fi
+
+# lm-evaluation-harness 0.4.3 for the zero-shot peer test (tests/peer/test_peer_tasks.py, which
+# skips its harness part without it). Its dependencies are held to what the venv already has
+# (Debian's torch and numpy, the pinned transformers); lm-eval and peft are installed without
+# dependency resolution because peft asks for torch >= 1.13.0 and Debian's is 1.13.0a0 (a
+# pre-release, which pip ranks lower), though it runs. 0.4.3 is the first 0.4 release that does
+# not fetch a metric from the HF Hub when it is imported. Best effort: a failure only warns.
+if ! build/venv/bin/python3 -c "import lm_eval" 2>/dev/null; then
+  constraints=build/lm-eval-constraints.txt
+  {
+    echo "torch==$(build/venv/bin/python3 -c 'import torch; print(torch.__version__)')"
+    echo "numpy==$(build/venv/bin/python3 -c 'import numpy; print(numpy.__version__)')"
+    echo "transformers==$(build/venv/bin/python3 -c 'import transformers; print(transformers.__version__)')"
+    echo "accelerate>=0.26,<1.0"
+    echo "huggingface-hub<1.0"
+    echo "datasets<3"
+    echo "pyarrow<17"
+    echo "pandas<2.3"
+  } > "$constraints"
+  if build/venv/bin/pip install -q --disable-pip-version-check -c "$constraints" \
+       "accelerate>=0.26,<1.0" "evaluate>=0.4.0" "datasets>=2.16.0" jsonlines numexpr "pybind11>=2.6.2" \
+       pytablewriter "rouge-score>=0.0.4" "sacrebleu>=1.5.0" "scikit-learn>=0.24.1" sqlitedict tqdm-multiprocess \
+       zstandard dill word2number more-itertools jinja2 &&
+     build/venv/bin/pip install -q --disable-pip-version-check --no-deps "lm-eval==0.4.3" "peft==0.10.0" &&
+     build/venv/bin/python3 -c "import lm_eval.models.huggingface" 2>/dev/null; then
+    echo "lm-eval 0.4.3 installed in build/venv"
+  else
+    echo "warning: lm-eval 0.4.3 could not be installed in build/venv; tests/peer/test_peer_tasks.py will skip its harness comparison" >&2
+  fi
+fi

@@ -113,7 +113,11 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
           json windows = json::array();
           for (size_t k = a; k < b; ++k)
             windows.push_back({reqs[k].context.size(), reqs[k].continuation.size(), res[k].logprob});
-          sample.update({{"resps", {{ll}}}, {"words", doc.words}, {"bytes", doc.bytes}, {"windows", windows}});
+          sample.update({{"arguments", json::array({json::array({doc.text})})},
+                         {"resps", {{ll}}},
+                         {"words", doc.words},
+                         {"bytes", doc.bytes},
+                         {"windows", windows}});
         }
         break;
       }

@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
@@ -381,6 +382,139 @@ TEST(EvalTasks, OriginalDatasetLayoutsLoadTheSameDocuments) {
     EXPECT_NE(std::string(e.what()).find("hellaswag_val.jsonl"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
+}
+
+// ---- the command line --------------------------------------------------------------------------
+
+class EvalCli : public testing::Test {
+ protected:
+  void SetUp() override {
+    const char* b = std::getenv("BT_BINARY");
+    bt_ = b ? b : "bt";
+    dir_ = fs::temp_directory_path() / ("bt_eval_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+  // bt ARGS: (exit code, stdout + stderr)
+  std::pair<int, std::string> run(const std::string& args) {
+    const std::string log = (dir_ / "log.txt").string();
+    const int rc = std::system((bt_ + " " + args + " > " + log + " 2>&1").c_str());
+    std::ifstream in(log);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return {rc, ss.str()};
+  }
+  std::string ok(const std::string& args) {
+    auto [rc, out] = run(args);
+    EXPECT_EQ(rc, 0) << args << "\n" << out;
+    return out;
+  }
+  // A checkpoint directory holding the bigram weights of `m`.
+  std::string checkpoint(const ModelConfig& m, const std::string& name) {
+    Config c;
+    c.name = name;
+    c.model = m;
+    c.data.synthetic = "repeat:37";
+    c.data.random_pad_first_block = m.is_block();
+    ParamTable t(m);
+    std::vector<double> w = bigram_params(m);
+    std::vector<float> f(w.begin(), w.end());
+    CheckpointContents cc;
+    cc.step = 1;
+    cc.config = &c;
+    cc.table = &t;
+    cc.params = f.data();
+    return save_checkpoint((dir_ / name).string(), cc, 0);
+  }
+  std::string bt_;
+  fs::path dir_;
+};
+
+TEST_F(EvalCli, TasksEndToEndInTheHarnessLayout) {
+  const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
+  const fs::path out = dir_ / "out";
+  const std::string json_out = ok("eval --ckpt " + ckpt + " --task all --task-data " + task_dir() +
+                                  " --tokenizer byte --device cpu --batch-size 2 --output " + out.string() +
+                                  " --log-samples --json --bootstrap-iters 1000");
+  const auto j = nlohmann::json::parse(json_out.substr(json_out.find('{')));
+  std::ifstream in(out / "results.json");
+  ASSERT_TRUE(in) << "no results.json";
+  EXPECT_EQ(nlohmann::json::parse(in)["results"], j["results"]);
+  for (const char* k : {"results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+                        "config", "timing"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  const auto& r = j["results"];
+  EXPECT_EQ(r["piqa"]["alias"], "piqa");
+  EXPECT_NEAR(r["piqa"]["acc,none"].get<double>(), 0.5, 1e-9);
+  EXPECT_NEAR(r["piqa"]["acc_stderr,none"].get<double>(), 0.5, 1e-9);
+  EXPECT_NEAR(r["hellaswag"]["acc_norm,none"].get<double>(), 1.0, 1e-9);
+  EXPECT_NEAR(r["lambada_openai"]["acc,none"].get<double>(), 1.0 / 3, 1e-9);
+  EXPECT_NEAR(r["lambada_openai"]["perplexity,none"].get<double>(), std::exp(-(7 * S + 6 * O) / 3),
+              1e-5 * std::exp(-(7 * S + 6 * O) / 3));
+  EXPECT_TRUE(r["lambada_openai"]["perplexity_stderr,none"].is_number());
+  EXPECT_EQ(r["wikitext"]["word_perplexity_stderr,none"], "N/A");
+  EXPECT_NEAR(r["wikitext"]["bits_per_byte,none"].get<double>(), -(13 * S + 12 * O) / 32 / std::log(2.0), 1e-5);
+  EXPECT_EQ(j["n-samples"]["sciq"]["effective"], 2);
+  EXPECT_EQ(j["versions"]["wikitext"], 2.0);
+  EXPECT_GT(j["timing"]["requests_per_second"].get<double>(), 0);
+  EXPECT_TRUE(fs::exists(out / "samples_winogrande.jsonl"));
+  // The table and the rate, and --limit.
+  const std::string table = ok("eval --ckpt " + ckpt + " --task piqa,arc_easy --task-data " + task_dir() +
+                               " --tokenizer byte --device cpu --limit 1");
+  EXPECT_NE(table.find("|piqa"), std::string::npos) << table;
+  EXPECT_NE(table.find("requests/s"), std::string::npos) << table;
+  EXPECT_NE(table.find("1 of 2 documents"), std::string::npos) << table;
+}
+
+TEST_F(EvalCli, BlockContextModesAndBadInput) {
+  const std::string ckpt = checkpoint(block_cfg(), "block");
+  auto ppl = [&](const std::string& mode) {
+    const std::string o = ok("eval --ckpt " + ckpt + " --task lambada_openai --task-data " + task_dir() +
+                             " --tokenizer byte --device cpu --json --context-mode " + mode);
+    return nlohmann::json::parse(o.substr(o.find('{')))["results"]["lambada_openai"]["perplexity,none"].get<double>();
+  };
+  EXPECT_NEAR(ppl("pad"), std::exp(-(7 * S + 6 * O) / 3), 1e-5 * std::exp(-(7 * S + 6 * O) / 3));
+  EXPECT_NEAR(ppl("nopad"), std::exp(-(6 * S + 6 * O) / 3), 1e-5 * std::exp(-(6 * S + 6 * O) / 3));
+  auto fails = [&](const std::string& args, const std::string& msg) {
+    auto [rc, out] = run("eval --ckpt " + ckpt + " --tokenizer byte --device cpu " + args);
+    EXPECT_NE(rc, 0) << args;
+    EXPECT_NE(out.find(msg), std::string::npos) << args << "\n" << out;
+  };
+  fails("--task nosuch --task-data " + task_dir(), "unknown task 'nosuch'");
+  fails("--task piqa", "--task needs --task-data");
+  fails("--task piqa --task-data " + dir_.string(), "no data under");
+  fails("--task piqa --task-data " + task_dir() + " --log-samples", "--log-samples needs --output");
+  fails("--task piqa --task-data " + task_dir() + " --context-mode half", "expected pad or nopad");
+}
+
+TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
+  // 40 short documents of the byte tokenizer: many windows of 64 tokens with a partial last batch.
+  std::ofstream txt(dir_ / "corpus.txt");
+  for (int d = 0; d < 40; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
+  txt.close();
+  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.5 --no-progress --out " +
+     (dir_ / "data").string());
+  const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
+  double first = 0;
+  int64_t windows = 0;
+  for (int batch : {1, 3, 8}) {
+    const std::string o = ok("eval --ckpt " + ckpt + " --data '" + (dir_ / "data").string() + "/val-*.h5' --device cpu "
+                             "--json --batch-size " + std::to_string(batch));
+    const auto j = nlohmann::json::parse(o.substr(o.find('{')));
+    EXPECT_EQ(j["windows"], j["windows_total"]) << "batch " << batch;
+    if (batch == 1) {
+      first = j["loss"].get<double>();
+      windows = j["windows"].get<int64_t>();
+      EXPECT_GT(windows, 8);
+      EXPECT_NE(windows % 8, 0);  // a partial last batch of 8
+    } else {
+      EXPECT_EQ(j["windows"].get<int64_t>(), windows);
+      EXPECT_NEAR(j["loss"].get<double>(), first, 1e-6) << "batch " << batch;
+    }
+  }
 }
 
 }  // namespace

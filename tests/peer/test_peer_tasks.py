@@ -1,0 +1,235 @@
+"""Peer test, zero-shot tasks (docs/evaluation.md): `bt eval --task` against PyTorch and
+lm-evaluation-harness on the same weights.
+
+A random HF GPTNeoXForCausalLM (byte-tokenizer vocabulary, weights scaled so that its
+predictions are far from uniform) is saved with save_pretrained and evaluated by `bt eval --task
+all` on the hand-written task files of tests/tasks (plus a longer wikitext page with non-ASCII
+text), with --max-length 28 so that long requests are truncated from the left and wikitext pages
+span several rolling windows.
+
+(a) Every loglikelihood bt reports (each choice of each multiple-choice question, each lambada
+    continuation with its is_greedy, each wikitext page's rolling sum) equals the one computed
+    here from GPTNeoXForCausalLM's logits for the same requests, built by this file from the
+    harness's rules (TemplateLM._encode_pair, get_rolling_token_windows, left truncation to
+    max_length + 1 tokens), within 1e-5.
+(b) Where lm-eval 0.4 is installed (launch/install-deps.sh installs it into the peer venv), the
+    harness itself runs the same local task files (its own task YAMLs, with the dataset pointed at
+    the JSONL files) through HFLM with an HF byte tokenizer: every metric bt reports equals the
+    harness's (accuracies exactly, perplexities and the bootstrap standard error within 1e-6
+    relative: bt replays the harness's random resampling)."""
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer_util as pu  # noqa: E402
+
+pu.require_torch_and_transformers()
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import GPTNeoXForCausalLM  # noqa: E402
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+
+EOT = 256
+MAX_LEN = 28
+TASKS = ["lambada_openai", "wikitext", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"]
+SPLITS = {"lambada_openai": "test", "wikitext": "test", "hellaswag": "validation", "piqa": "validation",
+          "arc_easy": "test", "arc_challenge": "test", "sciq": "test", "winogrande": "validation"}
+MCFG = {"vocab_size": 257, "context_length": 64, "rotary_pct": 0.25, "rotary_base": 10000, "layernorm_eps": 1e-5,
+        "decoder": {"layers": 2, "dim": 64, "heads": 2, "ffn_dim": 128}}
+
+
+def src_dir():
+    return os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def encode_pair(context, continuation):
+    """TemplateLM.loglikelihood + _encode_pair for the byte tokenizer (UTF-8 bytes, EOT 256)."""
+    if context == "":
+        return [EOT], list(continuation.encode())
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = list((context + continuation).encode())
+    ctx = list(context.encode())
+    return ctx, whole[len(ctx):]
+
+
+def rolling_windows(tokens, max_len):
+    """utils.get_rolling_token_windows(tokens, EOT, max_len, 1) + make_disjoint_window."""
+    out = []
+    if not tokens:
+        return out
+    first = min(max_len, len(tokens))
+    out.append(([EOT], tokens[:first]))
+    predicted = first
+    while predicted < len(tokens):
+        pred = min(len(tokens) - predicted, max_len)
+        end = predicted + pred
+        a = tokens[end - max_len - 1:end - 1]
+        out.append((a[:len(a) - (pred - 1)], tokens[end - pred:end]))
+        predicted = end
+    return out
+
+
+def hf_loglikelihood(model, ctx, cont):
+    """(log P(cont | ctx), is_greedy) as HFLM._loglikelihood_tokens computes it, in float64."""
+    full = (ctx + cont)[-(MAX_LEN + 1):]
+    inp = torch.tensor([full[:-1]], dtype=torch.long)
+    with torch.no_grad():
+        logp = F.log_softmax(model(input_ids=inp).logits[0].double(), dim=-1)
+    sel = logp[len(full) - 1 - len(cont):len(full) - 1]
+    target = torch.tensor(cont, dtype=torch.long)
+    return float(sel.gather(1, target[:, None]).sum()), bool((sel.argmax(-1) == target).all())
+
+
+def byte_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    vocab["<|endoftext|>"] = EOT
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+
+
+LONG_PAGE = (" = Das Café = \n The café 's owner said : \" it 's ( really ) fine \" , and the price rose "
+             "from 3 @.@ 5 to 4 @,@ 000 euros @-@ a lot . \n = = History = = \n Opened in 1 @,@ 9 5 0 . \n ")
+
+
+def task_dir(tmp):
+    """tests/tasks, with a long wikitext page added (several windows, the detokenizer's cases), and
+    arc_challenge rewritten from AI2's nested layout (which bt also reads) into the HF layout the
+    harness's YAML reads."""
+    d = os.path.join(tmp, "tasks")
+    shutil.copytree(os.path.join(src_dir(), "tests", "tasks"), d)
+    with open(os.path.join(d, "wikitext.jsonl"), "a") as f:
+        f.write(json.dumps({"page": LONG_PAGE}) + "\n")
+    path = os.path.join(d, "arc_challenge.jsonl")
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    with open(path, "w") as f:
+        for r in recs:
+            q = r["question"]
+            f.write(json.dumps({"id": r["id"], "question": q["stem"],
+                                "choices": {"text": [c["text"] for c in q["choices"]],
+                                            "label": [c["label"] for c in q["choices"]]},
+                                "answerKey": r["answerKey"]}) + "\n")
+    return d
+
+
+def run_harness(model, tmp, tasks_dir):
+    """The harness's own tasks over the local files; None when lm-eval is not installed."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except Exception as e:  # not installed, or a dependency that does not import
+        print(f"lm-eval not importable ({e}); skipping the harness comparison")
+        return None
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    harness_tasks = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
+    yamls = {"lambada_openai": "lambada/lambada_openai.yaml", "wikitext": "wikitext/wikitext.yaml",
+             "hellaswag": "hellaswag/hellaswag.yaml", "piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml",
+             "arc_challenge": "arc/arc_challenge.yaml", "sciq": "sciq/sciq.yaml",
+             "winogrande": "winogrande/default.yaml"}
+    ydir = os.path.join(tmp, "yaml")
+    os.makedirs(ydir)
+    for t in TASKS:
+        split = SPLITS[t]
+        data = os.path.abspath(os.path.join(tasks_dir, t + ".jsonl"))
+        with open(os.path.join(ydir, f"bt_{t}.yaml"), "w") as f:
+            f.write(f"include: {os.path.join(harness_tasks, yamls[t])}\n"
+                    f"task: bt_{t}\n"
+                    "dataset_path: json\n"
+                    "dataset_name: null\n"
+                    f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n"
+                    "training_split: null\n"
+                    f"validation_split: {'validation' if split == 'validation' else 'null'}\n"
+                    f"test_split: {'test' if split == 'test' else 'null'}\n")
+    lm = HFLM(pretrained=model, tokenizer=byte_tokenizer(), batch_size=4, max_length=MAX_LEN, backend="causal")
+    res = lm_eval.simple_evaluate(model=lm, tasks=[f"bt_{t}" for t in TASKS], task_manager=TaskManager(include_path=ydir),
+                                  bootstrap_iters=1000)
+    return {t: res["results"][f"bt_{t}"] for t in TASKS}
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        model = GPTNeoXForCausalLM(pu.neox_config(MCFG["decoder"], MCFG)).float().eval()
+        with torch.no_grad():  # far from uniform predictions, LayerNorm and biases off 1 / 0
+            for n, p in model.named_parameters():
+                if p.dim() == 1:
+                    p.add_(0.1 * torch.randn_like(p))
+                else:
+                    p.mul_(3.0)
+        hf_dir = os.path.join(tmp, "hf")
+        model.save_pretrained(hf_dir, safe_serialization=True)
+        out = os.path.join(tmp, "out")
+        tasks_dir = task_dir(tmp)
+        d = MCFG["decoder"]
+        pu.run_bt(["eval", "--ckpt", os.path.join(hf_dir, "model.safetensors"), "--config",
+                   os.path.join(src_dir(), "configs", "tiny", "vanilla.yaml"), "--tokenizer", "byte", "--device", "cpu",
+                   "--task", "all", "--task-data", tasks_dir, "--max-length", MAX_LEN,
+                   "--batch-size", 3, "--output", out, "--log-samples", "--bootstrap-iters", 1000, "--json",
+                   f"model.vocab_size={MCFG['vocab_size']}", f"model.context_length={MCFG['context_length']}",
+                   f"model.decoder.layers={d['layers']}", f"model.decoder.dim={d['dim']}",
+                   f"model.decoder.heads={d['heads']}", f"model.decoder.ffn_dim={d['ffn_dim']}"])
+        with open(os.path.join(out, "results.json")) as f:
+            ours = json.load(f)["results"]
+
+        # (a) every loglikelihood against GPTNeoXForCausalLM
+        diffs, greedy_checked, max_windows = [], 0, 0
+        for t in TASKS:
+            with open(os.path.join(out, f"samples_{t}.jsonl")) as f:
+                samples = [json.loads(line) for line in f]
+            for s in samples:
+                if t == "wikitext":
+                    text = s["arguments"][0][0]
+                    ref = sum(hf_loglikelihood(model, c, x)[0] for c, x in rolling_windows(list(text.encode()), MAX_LEN))
+                    n_windows = len(rolling_windows(list(text.encode()), MAX_LEN))
+                    assert len(s["windows"]) == n_windows
+                    max_windows = max(max_windows, n_windows)
+                    diffs.append(abs(s["resps"][0][0] - ref))
+                    continue
+                for (ctx, cont), resp in zip(s["arguments"], s["resps"]):
+                    ll, greedy = hf_loglikelihood(model, *encode_pair(ctx, cont))
+                    diffs.append(abs(resp[0] - ll))
+                    if resp[1] is not None:
+                        assert resp[1] == greedy, (t, ctx, cont, resp, greedy)
+                        greedy_checked += 1
+        pu.check_close(f"{len(diffs)} loglikelihoods (bt vs GPTNeoXForCausalLM)", max(diffs), 0.0, 1e-5)
+        assert greedy_checked == 3, greedy_checked
+        assert max_windows >= 4, max_windows
+
+        # (b) the harness itself
+        theirs = run_harness(model, tmp, tasks_dir)
+        if theirs is not None:
+            for t in TASKS:
+                for key, value in ours[t].items():
+                    if key == "alias":
+                        continue
+                    ref = theirs[t][key]
+                    print(f"{t} {key}: bt {value} harness {ref}")
+                    if isinstance(value, str) or isinstance(ref, str):
+                        assert value == ref, (t, key, value, ref)
+                    elif key.startswith("acc"):
+                        assert abs(value - ref) < 1e-12, (t, key, value, ref)
+                    else:
+                        # exp() of a mean of float32 loglikelihoods: 1e-6 relative is ~1e-6 nats
+                        assert math.isclose(value, ref, rel_tol=1e-5 if "stderr" in key else 1e-6), (t, key, value, ref)
+    print("peer tasks: OK")
+
+
+if __name__ == "__main__":
+    main()
