@@ -28,6 +28,7 @@
 #include <sstream>
 #include <nlohmann/json.hpp>
 
+#include "core/rng.h"
 #include "data/tokenizer.h"
 #include "infer/lm_scorer.h"
 #include "infer/tasks/evaluate.h"
@@ -382,6 +383,91 @@ TEST(EvalTasks, OriginalDatasetLayoutsLoadTheSameDocuments) {
     EXPECT_NE(std::string(e.what()).find("hellaswag_val.jsonl"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
+}
+
+// ---- a random model: scheduling must not change any loglikelihood -------------------------------
+
+// Random weights (larger than the init so that attention matters) and random requests: questions
+// of 2-4 choices sharing contexts of different lengths (so the shared contexts are left-padded
+// in a batch), single requests, a context of only the pad id, a continuation holding the pad id,
+// and requests longer than max_length + 1.
+std::vector<double> random_weights(const ModelConfig& m) {
+  ParamTable t(m);
+  std::vector<double> w = init_params(t, 7);
+  Rng r(3);
+  for (const auto& p : t.entries()) {
+    const bool vec = p.kind != ParamKind::matrix && p.kind != ParamKind::embedding && p.kind != ParamKind::head;
+    for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = vec ? w[p.offset + i] + 0.2 * r.normal() : 5 * w[p.offset + i];
+  }
+  return w;
+}
+
+std::vector<LLRequest> random_requests(int max_len) {
+  Rng r(11);
+  auto ids = [&](int n) {
+    std::vector<int32_t> v(static_cast<size_t>(n), 0);
+    for (auto& x : v) x = int32_t(r.below(256));
+    return v;
+  };
+  std::vector<LLRequest> q;
+  for (int i = 0; i < 9; ++i) {
+    const auto ctx = ids(1 + int(r.below(30)));
+    for (int c = 0, n = 2 + int(r.below(3)); c < n; ++c) q.push_back({ctx, ids(1 + int(r.below(8))), c == 1});
+  }
+  for (int i = 0; i < 5; ++i) q.push_back({ids(1 + int(r.below(12))), ids(1 + int(r.below(9))), true});
+  q.push_back({std::vector<int32_t>{256}, ids(9), true});
+  q.push_back({ids(6), std::vector<int32_t>{3, 256, 7}, true});
+  q.push_back({ids(max_len + 9), ids(5), false});
+  return q;
+}
+
+std::vector<LLResult> score_random(const ModelConfig& cfg, int batch, bool share, BlockContext mode, int max_len) {
+  auto be = make_cpu_backend(DType::f64);
+  ModelConfig m = cfg;
+  m.context_length = scorer_window(cfg, max_len, mode);
+  Model model(m, *be, batch);
+  const std::vector<double> w = random_weights(m);
+  model.set_params(w.data(), DType::f64);
+  ScorerOptions o;
+  o.max_length = max_len;
+  o.block_context = mode;
+  o.pad_id = 256;
+  o.share_context = share;
+  LMScorer s(model, o);
+  return s.score(random_requests(max_len));
+}
+
+void expect_same(const std::vector<LLResult>& a, const std::vector<LLResult>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i].logprob, b[i].logprob, 1e-9 * std::abs(b[i].logprob)) << what << ": request " << i;
+    EXPECT_EQ(a[i].greedy_known, b[i].greedy_known) << what << ": request " << i;
+    if (a[i].greedy_known) {
+      EXPECT_EQ(a[i].is_greedy, b[i].is_greedy) << what << ": request " << i;
+    }
+    EXPECT_EQ(a[i].scored, b[i].scored) << what << ": request " << i;
+  }
+}
+
+TEST(EvalTasks, RandomVanillaSharedContextEqualsWindows) {
+  ModelConfig m = vanilla_cfg();
+  m.layernorm_eps = 1e-5;
+  m.decoder = {2, 32, 2, 64, 0};
+  // Windows one request at a time: the reference.
+  const auto ref = score_random(m, 1, false, BlockContext::pad, 40);
+  expect_same(score_random(m, 7, false, BlockContext::pad, 40), ref, "windows, batch 7");
+  expect_same(score_random(m, 1, true, BlockContext::pad, 40), ref, "shared contexts, batch 1");
+  expect_same(score_random(m, 6, true, BlockContext::pad, 40), ref, "shared contexts, batch 6");
+}
+
+TEST(EvalTasks, RandomBlockModelBatchesDoNotChangeResults) {
+  ModelConfig m = block_cfg();
+  m.layernorm_eps = 1e-5;
+  m.embedder_dim = 8;
+  m.block_decoder = {2, 32, 2, 64, 0};
+  m.token_decoder = {2, 32, 2, 48, 2};
+  for (BlockContext mode : {BlockContext::pad, BlockContext::nopad})
+    expect_same(score_random(m, 9, true, mode, 40), score_random(m, 1, true, mode, 40), to_string(mode));
 }
 
 // ---- the command line --------------------------------------------------------------------------
