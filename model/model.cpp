@@ -57,7 +57,7 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
     block_dec_->reserve(B, N);
     token_dec_->reserve(rows_td, S);
     keys_a_ = be_.alloc({B, N}, DType::i32);
-    first_a_ = be_.alloc({B}, DType::i32);
+    first_a_ = be_.alloc({B * N / 2}, DType::i32);  // forward_window packs up to B * N / 2 rows of 2 blocks
     keys_b_ = be_.alloc({rows_td, S}, DType::i32);
     first_b_ = be_.alloc({rows_td}, DType::i32);
     emb_b_ = be_.alloc({B, N, DB}, a);
@@ -90,7 +90,7 @@ Model::Model(const ModelConfig& cfg, Backend& be, int max_batch, int shard_parts
                                               stack_views(table_, grads_, "gpt_neox.", cfg.decoder.layers));
     dec_->reserve(B, L);
     keys_a_ = be_.alloc({B, L}, DType::i32);
-    first_a_ = be_.alloc({B}, DType::i32);
+    first_a_ = be_.alloc({std::max<int64_t>(B, B * L / 2)}, DType::i32);  // forward_window: rows of >= 2 tokens
     emb_ = be_.alloc({B, L, D}, a);
     d_emb_b_ = be_.alloc({B, L, D}, a);  // gradient of the token embeddings
     d_sel_ = be_.alloc({rows, D}, a);    // gradient of the decoder output
@@ -172,6 +172,8 @@ Tensor Model::embed_blocks(Tensor ids, int64_t n, Tensor look, Tensor look_t, Te
 
 AttnMask Model::upload_mask(const std::vector<int32_t>& keys, int64_t rows, int64_t T, Tensor keys_buf,
                             Tensor first_buf) {
+  BT_CHECK(size_t(rows * T) <= keys_buf.numel() && size_t(rows) <= first_buf.numel(), "model: a key mask of ", rows,
+           " x ", T, " does not fit its buffers (", keys_buf.numel(), ", ", first_buf.numel(), ")");
   h_first_.assign(rows, int32_t(T));
   bool hidden = false;
   for (int64_t r = 0; r < rows; ++r)
