@@ -485,9 +485,10 @@ class EvalCli : public testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
   // bt ARGS: (exit code, stdout + stderr)
-  std::pair<int, std::string> run(const std::string& args) {
+  std::pair<int, std::string> run(const std::string& args) { return shell(bt_ + " " + args); }
+  std::pair<int, std::string> shell(const std::string& cmd) {
     const std::string log = (dir_ / "log.txt").string();
-    const int rc = std::system((bt_ + " " + args + " > " + log + " 2>&1").c_str());
+    const int rc = std::system((cmd + " > " + log + " 2>&1").c_str());
     std::ifstream in(log);
     std::stringstream ss;
     ss << in.rdbuf();
@@ -553,6 +554,21 @@ TEST_F(EvalCli, TasksEndToEndInTheHarnessLayout) {
   EXPECT_NE(table.find("|piqa"), std::string::npos) << table;
   EXPECT_NE(table.find("requests/s"), std::string::npos) << table;
   EXPECT_NE(table.find("1 of 2 documents"), std::string::npos) << table;
+}
+
+TEST_F(EvalCli, ProgressBarWithEtaOnATerminal) {
+  // script(1) (util-linux, in every Debian) runs bt on a pseudo-terminal: the bar is drawn on it.
+  const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
+  auto [rc, out] = shell("script -qec \"" + bt_ + " eval --ckpt " + ckpt + " --task piqa,arc_easy --task-data " +
+                         task_dir() + " --tokenizer byte --device cpu --batch-size 1 --no-share-context\" /dev/null");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("ETA"), std::string::npos) << out;
+  EXPECT_NE(out.find("req/s"), std::string::npos) << out;
+  EXPECT_NE(out.find("piqa ["), std::string::npos) << out;
+  // Not a terminal: no bar.
+  const std::string plain = ok("eval --ckpt " + ckpt + " --task piqa --task-data " + task_dir() +
+                               " --tokenizer byte --device cpu --batch-size 1");
+  EXPECT_EQ(plain.find("ETA"), std::string::npos) << plain;
 }
 
 TEST_F(EvalCli, BlockContextModesAndBadInput) {
