@@ -11,12 +11,20 @@ span several rolling windows.
     continuation with its is_greedy, each wikitext page's rolling sum) equals the one computed
     here from GPTNeoXForCausalLM's logits for the same requests, built by this file from the
     harness's rules (TemplateLM._encode_pair, get_rolling_token_windows, left truncation to
-    max_length + 1 tokens), within 1e-5.
+    max_length + 1 tokens): in float32 within 1e-5 (or 5e-8 relative for sums beyond 200 nats,
+    float32's own resolution there), and in double (bt --precision fp64, HF in float64 with its
+    rotary tables recomputed in float64) within 1e-9.
 (b) Where lm-eval 0.4 is installed (launch/install-deps.sh installs it into the peer venv), the
     harness itself runs the same local task files (its own task YAMLs, with the dataset pointed at
-    the JSONL files) through HFLM with an HF byte tokenizer: every metric bt reports equals the
-    harness's (accuracies exactly, perplexities and the bootstrap standard error within 1e-6
-    relative: bt replays the harness's random resampling)."""
+    the JSONL files) through HFLM with the same tokenizer: every metric bt reports equals the
+    harness's (accuracies exactly, perplexities within 1e-6 relative and the bootstrap standard
+    error within 1e-5: bt replays the harness's random resampling).
+Both with the byte tokenizer (`--tokenizer byte`, an HF tokenizer with the same ids on the
+harness's side) and with a byte-level BPE shaped like Pythia's (ByteLevel pre-tokenizer, EOS
+<|endoftext|> = 0), trained here with the `tokenizers` package on the task texts and read by bt as
+`--tokenizer hf:tokenizer.json`: its merges cross the context / continuation boundary, so the
+continuation tokens come from encode(context + continuation) as the harness takes them."""
+import copy
 import json
 import math
 import os
@@ -50,26 +58,30 @@ def src_dir():
     return os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def encode_pair(context, continuation):
-    """TemplateLM.loglikelihood + _encode_pair for the byte tokenizer (UTF-8 bytes, EOT 256)."""
+def byte_encode(s):
+    return list(s.encode())
+
+
+def encode_pair(context, continuation, enc=byte_encode, eot=EOT):
+    """TemplateLM.loglikelihood + _encode_pair (default: the byte tokenizer, UTF-8 bytes, EOT 256)."""
     if context == "":
-        return [EOT], list(continuation.encode())
+        return [eot], enc(continuation)
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = list((context + continuation).encode())
-    ctx = list(context.encode())
+    whole = enc(context + continuation)
+    ctx = enc(context)
     return ctx, whole[len(ctx):]
 
 
-def rolling_windows(tokens, max_len):
+def rolling_windows(tokens, max_len, eot=EOT):
     """utils.get_rolling_token_windows(tokens, EOT, max_len, 1) + make_disjoint_window."""
     out = []
     if not tokens:
         return out
     first = min(max_len, len(tokens))
-    out.append(([EOT], tokens[:first]))
+    out.append(([eot], tokens[:first]))
     predicted = first
     while predicted < len(tokens):
         pred = min(len(tokens) - predicted, max_len)
@@ -89,6 +101,15 @@ def hf_loglikelihood(model, ctx, cont):
     sel = logp[len(full) - 1 - len(cont):len(full) - 1]
     target = torch.tensor(cont, dtype=torch.long)
     return float(sel.gather(1, target[:, None]).sum()), bool((sel.argmax(-1) == target).all())
+
+
+def exact_rotary(module):
+    """HF computes inv_freq and the cos / sin tables in float32; recompute them in float64."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
+    for m in module.modules():
+        if isinstance(m, GPTNeoXRotaryEmbedding):
+            m.inv_freq = 1.0 / (m.base ** (torch.arange(0, m.dim, 2, dtype=torch.float64) / m.dim))
+            m._set_cos_sin_cache(m.max_position_embeddings, m.inv_freq.device, torch.float64)
 
 
 def byte_tokenizer():
@@ -129,7 +150,26 @@ def task_dir(tmp):
     return d
 
 
-def run_harness(model, tmp, tasks_dir):
+def bpe_tokenizer(tasks_dir, path):
+    """A byte-level BPE like Pythia's (EOS <|endoftext|> = 0), trained on the task files' text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    texts = []
+    for name in os.listdir(tasks_dir):
+        with open(os.path.join(tasks_dir, name)) as f:
+            texts += [v for line in f if line.strip() for v in json.loads(line).values() if isinstance(v, str)]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts * 20, trainers.BpeTrainer(vocab_size=330, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.save(path)
+    from transformers import PreTrainedTokenizerFast
+    hf = PreTrainedTokenizerFast(tokenizer_file=path, eos_token="<|endoftext|>")
+    assert hf.eos_token_id == 0 and len(hf) > 300, (hf.eos_token_id, len(hf))
+    return hf
+
+
+def run_harness(model, tokenizer, tmp, tasks_dir):
     """The harness's own tasks over the local files; None when lm-eval is not installed."""
     try:
         import lm_eval
@@ -145,7 +185,7 @@ def run_harness(model, tmp, tasks_dir):
              "arc_challenge": "arc/arc_challenge.yaml", "sciq": "sciq/sciq.yaml",
              "winogrande": "winogrande/default.yaml"}
     ydir = os.path.join(tmp, "yaml")
-    os.makedirs(ydir)
+    os.makedirs(ydir, exist_ok=True)
     for t in TASKS:
         split = SPLITS[t]
         data = os.path.abspath(os.path.join(tasks_dir, t + ".jsonl"))
@@ -158,76 +198,104 @@ def run_harness(model, tmp, tasks_dir):
                     "training_split: null\n"
                     f"validation_split: {'validation' if split == 'validation' else 'null'}\n"
                     f"test_split: {'test' if split == 'test' else 'null'}\n")
-    lm = HFLM(pretrained=model, tokenizer=byte_tokenizer(), batch_size=4, max_length=MAX_LEN, backend="causal")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=MAX_LEN, backend="causal")
     res = lm_eval.simple_evaluate(model=lm, tasks=[f"bt_{t}" for t in TASKS], task_manager=TaskManager(include_path=ydir),
                                   bootstrap_iters=1000)
     return {t: res["results"][f"bt_{t}"] for t in TASKS}
 
 
-def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        model = GPTNeoXForCausalLM(pu.neox_config(MCFG["decoder"], MCFG)).float().eval()
-        with torch.no_grad():  # far from uniform predictions, LayerNorm and biases off 1 / 0
-            for n, p in model.named_parameters():
-                if p.dim() == 1:
-                    p.add_(0.1 * torch.randn_like(p))
-                else:
-                    p.mul_(3.0)
-        hf_dir = os.path.join(tmp, "hf")
-        model.save_pretrained(hf_dir, safe_serialization=True)
-        out = os.path.join(tmp, "out")
-        tasks_dir = task_dir(tmp)
-        d = MCFG["decoder"]
+def check(tmp, tasks_dir, kind):
+    """bt against GPTNeoXForCausalLM and the harness with tokenizer `kind` (byte | bpe)."""
+    work = os.path.join(tmp, kind)
+    os.makedirs(work)
+    if kind == "byte":
+        hf_tok, spec, vocab = byte_tokenizer(), "byte", MCFG["vocab_size"]
+    else:
+        path = os.path.join(work, "tokenizer.json")
+        hf_tok = bpe_tokenizer(tasks_dir, path)
+        spec, vocab = "hf:" + path, len(hf_tok)
+    enc = (lambda s: hf_tok.encode(s, add_special_tokens=False))
+    eot = hf_tok.eos_token_id
+    mcfg = dict(MCFG, vocab_size=vocab)
+    model = GPTNeoXForCausalLM(pu.neox_config(mcfg["decoder"], mcfg)).float().eval()
+    with torch.no_grad():  # far from uniform predictions, LayerNorm and biases off 1 / 0
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.mul_(3.0)
+    hf_dir = os.path.join(work, "hf")
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    d = mcfg["decoder"]
+
+    def bt_eval(precision):
+        out = os.path.join(work, "out_" + precision)
         pu.run_bt(["eval", "--ckpt", os.path.join(hf_dir, "model.safetensors"), "--config",
-                   os.path.join(src_dir(), "configs", "tiny", "vanilla.yaml"), "--tokenizer", "byte", "--device", "cpu",
-                   "--task", "all", "--task-data", tasks_dir, "--max-length", MAX_LEN,
+                   os.path.join(src_dir(), "configs", "tiny", "vanilla.yaml"), "--tokenizer", spec, "--device", "cpu",
+                   "--precision", precision, "--task", "all", "--task-data", tasks_dir, "--max-length", MAX_LEN,
                    "--batch-size", 3, "--output", out, "--log-samples", "--bootstrap-iters", 1000, "--json",
-                   f"model.vocab_size={MCFG['vocab_size']}", f"model.context_length={MCFG['context_length']}",
+                   f"model.vocab_size={mcfg['vocab_size']}", f"model.context_length={mcfg['context_length']}",
                    f"model.decoder.layers={d['layers']}", f"model.decoder.dim={d['dim']}",
                    f"model.decoder.heads={d['heads']}", f"model.decoder.ffn_dim={d['ffn_dim']}"])
-        with open(os.path.join(out, "results.json")) as f:
-            ours = json.load(f)["results"]
+        return out
 
-        # (a) every loglikelihood against GPTNeoXForCausalLM
-        diffs, greedy_checked, max_windows = [], 0, 0
+    # (a) every loglikelihood against GPTNeoXForCausalLM, in float32 and in float64
+    exact = copy.deepcopy(model).double()
+    exact_rotary(exact)
+    for precision, ref_model, tol, rel in (("fp32", model, 1e-5, 5e-8), ("fp64", exact, 1e-9, 0.0)):
+        out = bt_eval(precision)
+        worst, greedy_checked, max_windows, n = 0.0, 0, 0, 0
         for t in TASKS:
             with open(os.path.join(out, f"samples_{t}.jsonl")) as f:
                 samples = [json.loads(line) for line in f]
             for s in samples:
+                pairs = []
                 if t == "wikitext":
-                    text = s["arguments"][0][0]
-                    ref = sum(hf_loglikelihood(model, c, x)[0] for c, x in rolling_windows(list(text.encode()), MAX_LEN))
-                    n_windows = len(rolling_windows(list(text.encode()), MAX_LEN))
-                    assert len(s["windows"]) == n_windows
-                    max_windows = max(max_windows, n_windows)
-                    diffs.append(abs(s["resps"][0][0] - ref))
-                    continue
-                for (ctx, cont), resp in zip(s["arguments"], s["resps"]):
-                    ll, greedy = hf_loglikelihood(model, *encode_pair(ctx, cont))
-                    diffs.append(abs(resp[0] - ll))
-                    if resp[1] is not None:
-                        assert resp[1] == greedy, (t, ctx, cont, resp, greedy)
-                        greedy_checked += 1
-        pu.check_close(f"{len(diffs)} loglikelihoods (bt vs GPTNeoXForCausalLM)", max(diffs), 0.0, 1e-5)
+                    windows = rolling_windows(enc(s["arguments"][0][0]), MAX_LEN, eot)
+                    assert len(s["windows"]) == len(windows), (len(s["windows"]), len(windows))
+                    max_windows = max(max_windows, len(windows))
+                    pairs.append((s["resps"][0][0], sum(hf_loglikelihood(ref_model, c, x)[0] for c, x in windows)))
+                else:
+                    for (ctx, cont), resp, ntok in zip(s["arguments"], s["resps"], s["tokens"]):
+                        c, x = encode_pair(ctx, cont, enc, eot)
+                        assert [len(c), len(x)] == ntok, (t, ctx, cont, ntok, len(c), len(x))
+                        ll, greedy = hf_loglikelihood(ref_model, c, x)
+                        pairs.append((resp[0], ll))
+                        if resp[1] is not None:
+                            assert resp[1] == greedy, (t, ctx, cont, resp, greedy)
+                            greedy_checked += 1
+                for ours_ll, ref_ll in pairs:
+                    worst = max(worst, abs(ours_ll - ref_ll) / max(tol, rel * abs(ref_ll)) * tol)
+                    n += 1
+        pu.check_close(f"{kind} {precision}: {n} loglikelihoods (bt vs GPTNeoXForCausalLM)", worst, 0.0, tol)
         assert greedy_checked == 3, greedy_checked
-        assert max_windows >= 4, max_windows
+        assert max_windows >= (4 if kind == "byte" else 2), max_windows
+    with open(os.path.join(work, "out_fp32", "results.json")) as f:
+        ours = json.load(f)["results"]
 
-        # (b) the harness itself
-        theirs = run_harness(model, tmp, tasks_dir)
-        if theirs is not None:
-            for t in TASKS:
-                for key, value in ours[t].items():
-                    if key == "alias":
-                        continue
-                    ref = theirs[t][key]
-                    print(f"{t} {key}: bt {value} harness {ref}")
-                    if isinstance(value, str) or isinstance(ref, str):
-                        assert value == ref, (t, key, value, ref)
-                    elif key.startswith("acc"):
-                        assert abs(value - ref) < 1e-12, (t, key, value, ref)
-                    else:
-                        # exp() of a mean of float32 loglikelihoods: 1e-6 relative is ~1e-6 nats
-                        assert math.isclose(value, ref, rel_tol=1e-5 if "stderr" in key else 1e-6), (t, key, value, ref)
+    # (b) the harness itself
+    theirs = run_harness(model, hf_tok, work, tasks_dir)
+    if theirs is not None:
+        for t in TASKS:
+            for key, value in ours[t].items():
+                if key == "alias":
+                    continue
+                ref = theirs[t][key]
+                print(f"{kind} {t} {key}: bt {value} harness {ref}")
+                if isinstance(value, str) or isinstance(ref, str):
+                    assert value == ref, (t, key, value, ref)
+                elif key.startswith("acc"):
+                    assert abs(value - ref) < 1e-12, (t, key, value, ref)
+                else:
+                    # exp() of a mean of float32 loglikelihoods: 1e-6 relative is ~1e-6 nats
+                    assert math.isclose(value, ref, rel_tol=1e-5 if "stderr" in key else 1e-6), (t, key, value, ref)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks_dir = task_dir(tmp)
+        for kind in ("byte", "bpe"):
+            check(tmp, tasks_dir, kind)
     print("peer tasks: OK")
 
 

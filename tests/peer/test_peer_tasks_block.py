@@ -42,10 +42,10 @@ pu.require_torch_and_transformers()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, GPTNeoXRotaryEmbedding  # noqa: E402
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention  # noqa: E402
 
 import official_ref as ofr  # noqa: E402
-from test_peer_tasks import EOT, LONG_PAGE, TASKS, encode_pair, rolling_windows, src_dir  # noqa: E402
+from test_peer_tasks import EOT, LONG_PAGE, TASKS, encode_pair, exact_rotary, rolling_windows, src_dir  # noqa: E402
 
 torch.set_num_threads(2)
 PAD = EOT  # the byte tokenizer's EOS is the pad, as Pythia's EOS (0) is its pad in the official runs
@@ -55,14 +55,6 @@ M = {"kind": "block", "vocab_size": 257, "context_length": 64, "block_length": L
      "rotary_base": 10000, "layernorm_eps": 1e-5, "embedder": {"dim": 16},
      "block_decoder": {"layers": 2, "dim": 64, "heads": 2, "ffn_dim": 128},
      "token_decoder": {"layers": 2, "dim": 64, "heads": 2, "ffn_dim": 128, "prefix_length": 2}}
-
-
-def exact_rotary(module):
-    """HF computes inv_freq and the cos / sin tables in float32; recompute them in float64."""
-    for m in module.modules():
-        if isinstance(m, GPTNeoXRotaryEmbedding):
-            m.inv_freq = 1.0 / (m.base ** (torch.arange(0, m.dim, 2, dtype=torch.float64) / m.dim))
-            m._set_cos_sin_cache(m.max_position_embeddings, m.inv_freq.device, torch.float64)
 
 
 ORIGINAL_ATTN = GPTNeoXAttention._attn
