@@ -29,6 +29,8 @@ void run_task_eval(const TaskEvalArgs& a) {
   BT_CHECK(fs::is_directory(a.task_data), "--task-data ", a.task_data, ": not a directory");
   BT_CHECK(a.limit >= 0, "--limit must be >= 0 (a count, or a fraction below 1), got ", a.limit);
   BT_CHECK(a.bootstrap_iters >= 0, "--bootstrap-iters must be >= 0, got ", a.bootstrap_iters);
+  BT_CHECK(a.max_length >= 0, "--max-length must be positive, got ", a.max_length);
+  BT_CHECK(a.batch_size >= 0, "--batch-size must be positive, got ", a.batch_size);
   BT_CHECK(!a.log_samples || !a.output.empty(), "--log-samples needs --output (the samples go next to the results)");
   const BlockContext mode = parse_block_context(a.context_mode);
   std::vector<LoadedTask> data;
@@ -42,10 +44,10 @@ void run_task_eval(const TaskEvalArgs& a) {
            " ids but model.vocab_size is ", mc.vocab_size, ": not this model's tokenizer");
   const int trained_length = mc.context_length;
   const int max_length = a.max_length > 0 ? a.max_length : trained_length;
-  BT_CHECK(a.max_length >= 0, "--max-length must be positive, got ", a.max_length);
   if (mc.is_block() && mode == BlockContext::pad && !im.config.data.random_pad_first_block)
-    log_warn("--context-mode pad on a block model trained without data.random_pad_first_block: its first "
-             "block never held pads in training (the official code evaluates such checkpoints with no-pad)");
+    log_warn(
+        "--context-mode pad on a block model trained without data.random_pad_first_block: its first "
+        "block never held pads in training (the official code evaluates such checkpoints with no-pad)");
   // The model holds whole task windows: max_length tokens of input (plus the left pads of the
   // pad mode), any number of rows up to batch x window tokens per forward.
   mc.context_length = scorer_window(mc, max_length, mode);
@@ -89,9 +91,10 @@ void run_task_eval(const TaskEvalArgs& a) {
   double scoring_seconds = 0;
   for (const auto& r : results) scoring_seconds += r.seconds;
   if (st.dropped_tokens > 0 && !a.json)
-    log_warn("context mode nopad: {} continuation tokens in the first block of their row were not scored "
-             "({} requests had none left and scored 0), as the official no-pad evaluation drops them",
-             st.dropped_tokens, st.unscorable);
+    log_warn(
+        "context mode nopad: {} continuation tokens in the first block of their row were not scored "
+        "({} requests had none left and scored 0), as the official no-pad evaluation drops them",
+        st.dropped_tokens, st.unscorable);
 
   json j = results_json(results);
   j["config"] = {{"model", "blockformer"},
@@ -108,7 +111,8 @@ void run_task_eval(const TaskEvalArgs& a) {
                  {"tokenizer", tok->name()}};
   json per_task = json::object();
   for (const auto& r : results)
-    per_task[r.name] = {{"requests", r.requests}, {"seconds", r.seconds},
+    per_task[r.name] = {{"requests", r.requests},
+                        {"seconds", r.seconds},
                         {"requests_per_second", r.requests / std::max(r.seconds, 1e-9)}};
   j["timing"] = {{"tasks", per_task},
                  {"seconds", total_timer.seconds()},

@@ -36,9 +36,7 @@ std::vector<LLRequest> rolling_windows(const std::vector<int32_t>& tokens, int32
   std::vector<LLRequest> out;
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return out;
-  auto slice = [&](int64_t a, int64_t b) {
-    return std::vector<int32_t>(tokens.begin() + a, tokens.begin() + b);
-  };
+  auto slice = [&](int64_t a, int64_t b) { return std::vector<int32_t>(tokens.begin() + a, tokens.begin() + b); };
   // First window: all of its (up to max_len) tokens are predicted, conditioned on the prefix token.
   const int64_t first = std::min<int64_t>(max_len, n);
   out.push_back({{prefix_token}, slice(0, first), false});

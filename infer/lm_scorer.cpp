@@ -79,8 +79,7 @@ struct LMScorer::Impl {
     W = cfg.context_length;
     if (o.max_length <= 0) o.max_length = W - offset - 1;
     BT_CHECK(scorer_window(cfg, o.max_length, o.block_context) <= W, "LMScorer: max length ", o.max_length,
-             " needs windows of ", scorer_window(cfg, o.max_length, o.block_context),
-             " tokens; the model holds ", W);
+             " needs windows of ", scorer_window(cfg, o.max_length, o.block_context), " tokens; the model holds ", W);
     BT_CHECK(o.pad_id >= 0 && o.pad_id < cfg.vocab_size, "LMScorer: pad id ", o.pad_id,
              " is out of range for model.vocab_size ", cfg.vocab_size);
     budget = int64_t(model.max_batch()) * W;
@@ -102,7 +101,8 @@ struct LMScorer::Impl {
       const int T = static_cast<int>(std::max<int64_t>(2 * LB, round_up(int64_t(rows[i].tokens.size()), LB)));
       const int B = static_cast<int>(std::min<int64_t>(budget / T, int64_t(rows.size() - i)));
       grid.assign(size_t(B) * T, o.pad_id);
-      for (int b = 0; b < B; ++b) std::copy(rows[i + b].tokens.begin(), rows[i + b].tokens.end(), grid.begin() + size_t(b) * T);
+      for (int b = 0; b < B; ++b)
+        std::copy(rows[i + b].tokens.begin(), rows[i + b].tokens.end(), grid.begin() + size_t(b) * T);
       if (block) {
         mask.resize(grid.size());
         for (size_t k = 0; k < grid.size(); ++k) mask[k] = grid[k] != o.pad_id;
@@ -167,7 +167,8 @@ struct LMScorer::Impl {
     dec->reserve_cached(budget);
     const DType act = be.act_dtype();
     const int V = cfg.vocab_size;
-    chunk_rows = std::max<int64_t>(W, std::max<int64_t>(256, (int64_t(1) << 25) / V));
+    // Logit rows per chunk: about 32M logits, at least one choice's rows, at most a forward's.
+    chunk_rows = std::min<int64_t>(budget, std::max<int64_t>(W, std::max<int64_t>(256, (int64_t(1) << 25) / V)));
     slot.resize(kCacheBase + 4 * layers);
     slot[kStart] = be.alloc({budget}, DType::i32);
     slot[kIds] = be.alloc({budget}, DType::i32);

@@ -18,9 +18,12 @@ namespace {
 
 const char* output_type_name(OutputType t) {
   switch (t) {
-    case OutputType::loglikelihood: return "loglikelihood";
-    case OutputType::loglikelihood_rolling: return "loglikelihood_rolling";
-    case OutputType::multiple_choice: return "multiple_choice";
+    case OutputType::loglikelihood:
+      return "loglikelihood";
+    case OutputType::loglikelihood_rolling:
+      return "loglikelihood_rolling";
+    case OutputType::multiple_choice:
+      return "multiple_choice";
   }
   return "";
 }
@@ -46,7 +49,8 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
   tr.docs_total = static_cast<int64_t>(data.docs.size());
   // The harness's --limit: a fraction (rounded up) below 1, else a count.
   int64_t n = tr.docs_total;
-  if (o.limit > 0) n = o.limit < 1.0 ? static_cast<int64_t>(std::ceil(double(n) * o.limit)) : static_cast<int64_t>(o.limit);
+  if (o.limit > 0)
+    n = o.limit < 1.0 ? static_cast<int64_t>(std::ceil(double(n) * o.limit)) : static_cast<int64_t>(o.limit);
   n = std::min(n, tr.docs_total);
   tr.docs_used = n;
 
@@ -64,8 +68,8 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
       }
       case OutputType::multiple_choice:
         for (size_t i = 0; i < doc.continuations.size(); ++i) {
-          LLRequest r = encode_request(tok, doc.contexts.size() == 1 ? doc.contexts[0] : doc.contexts[i],
-                                       doc.continuations[i]);
+          LLRequest r =
+              encode_request(tok, doc.contexts.size() == 1 ? doc.contexts[0] : doc.contexts[i], doc.continuations[i]);
           r.need_greedy = false;
           reqs.push_back(std::move(r));
         }
@@ -136,7 +140,8 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
           json args = json::array(), resps = json::array(), toks = json::array();
           for (size_t k = a; k < b; ++k) {
             const size_t i = k - a;
-            args.push_back(json::array({doc.contexts.size() == 1 ? doc.contexts[0] : doc.contexts[i], doc.continuations[i]}));
+            args.push_back(
+                json::array({doc.contexts.size() == 1 ? doc.contexts[0] : doc.contexts[i], doc.continuations[i]}));
             resps.push_back({res[k].logprob, res[k].greedy_known ? json(res[k].is_greedy) : json(nullptr)});
             toks.push_back({reqs[k].context.size(), reqs[k].continuation.size()});
           }
@@ -149,13 +154,14 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
     if (o.samples) tr.samples.push_back(std::move(sample));
   }
   for (const MetricSpec& m : spec.metrics)
-    tr.metrics.push_back({m.name, aggregate_metric(m.aggregation, values[m.name], weighted[m.name], o.bootstrap_iters)});
+    tr.metrics.push_back(
+        {m.name, aggregate_metric(m.aggregation, values[m.name], weighted[m.name], o.bootstrap_iters)});
   return tr;
 }
 
 json results_json(const std::vector<TaskResult>& results) {
-  json j = {{"results", json::object()},   {"group_subtasks", json::object()}, {"configs", json::object()},
-            {"versions", json::object()},  {"n-shot", json::object()},         {"higher_is_better", json::object()},
+  json j = {{"results", json::object()},  {"group_subtasks", json::object()}, {"configs", json::object()},
+            {"versions", json::object()}, {"n-shot", json::object()},         {"higher_is_better", json::object()},
             {"n-samples", json::object()}};
   for (const TaskResult& r : results) {
     const TaskSpec& s = task_spec(r.name);
@@ -170,7 +176,8 @@ json results_json(const std::vector<TaskResult>& results) {
     }
     for (const MetricSpec& m : s.metrics) {
       hib[m.name] = m.higher_is_better;
-      metric_list.push_back({{"metric", m.name}, {"aggregation", m.aggregation}, {"higher_is_better", m.higher_is_better}});
+      metric_list.push_back(
+          {{"metric", m.name}, {"aggregation", m.aggregation}, {"higher_is_better", m.higher_is_better}});
     }
     j["results"][r.name] = res;
     j["group_subtasks"][r.name] = json::array();

@@ -141,8 +141,7 @@ Aggregate aggregate_metric(const std::string& aggregation, const std::vector<dou
   } else if (aggregation == "perplexity") {
     a.value = perplexity(values);
     if (bootstrap_iters > 0 && values.size() > 1)
-      a.stderr_ = bootstrap_stderr([](const std::vector<double>& s) { return perplexity(s); }, values,
-                                   bootstrap_iters);
+      a.stderr_ = bootstrap_stderr([](const std::vector<double>& s) { return perplexity(s); }, values, bootstrap_iters);
   } else if (aggregation == "weighted_perplexity") {
     a.value = weighted_perplexity(weighted);
   } else if (aggregation == "bits_per_byte") {

@@ -25,8 +25,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/rng.h"
 #include "data/tokenizer.h"
@@ -41,10 +41,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const double S = std::log(0.75);          // log P(successor)
-const double O = -10.0 * std::log(2.0);   // log P(any other token) = log 1/1024
-constexpr int V = 257;                    // the byte tokenizer: bytes and EOS = 256
-constexpr int K = 32;                     // classes; patterns of width 2K = 64
+const double S = std::log(0.75);         // log P(successor)
+const double O = -10.0 * std::log(2.0);  // log P(any other token) = log 1/1024
+constexpr int V = 257;                   // the byte tokenizer: bytes and EOS = 256
+constexpr int K = 32;                    // classes; patterns of width 2K = 64
 
 int cls(int t) {
   if (t >= 'a' && t <= 'z') return t - 'a';
@@ -201,8 +201,8 @@ void expect_mc(const Outcome& o, double tol) {
   // doc 1: "Mm qz" + " ab." 3S+O, "Mm q" + " ab." 2S+2O (gold): wrong.
   EXPECT_NEAR(o.metrics.at("winogrande").at("acc").value, 0.5, tol);
   // Standard errors: sample stddev / sqrt(n) of the per-document values.
-  EXPECT_NEAR(*o.metrics.at("piqa").at("acc").stderr_, 0.5, tol);           // [0, 1]
-  EXPECT_NEAR(*o.metrics.at("piqa").at("acc_norm").stderr_, 0.0, tol);      // [1, 1]
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc").stderr_, 0.5, tol);       // [0, 1]
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc_norm").stderr_, 0.0, tol);  // [1, 1]
   // The per-choice loglikelihoods themselves (doc 1 of hellaswag).
   const auto& resps = o.results.at("hellaswag").samples[1]["resps"];
   EXPECT_NEAR(resps[0][0].get<double>(), 2 * S + 2 * O, tol);
@@ -258,8 +258,8 @@ TEST(EvalTasks, VanillaFloatAndEverySchedulingGiveTheSameAnswers) {
       r.dtype = DType::f32;
       r.batch = batch;
       r.share = share;
-      Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq",
-                                "winogrande"});
+      Outcome o =
+          run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"});
       expect_lambada(o, {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-5);
       expect_mc(o, 1e-5);
       EXPECT_EQ(o.stats.shared_requests > 0, share);
@@ -275,8 +275,8 @@ TEST(EvalTasks, BlockPadModeScoresEveryTokenLikeTheVanillaModel) {
     EvalRun r;
     r.cfg = block_cfg();
     r.batch = batch;
-    Outcome o = run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq",
-                              "winogrande"});
+    Outcome o =
+        run_tasks(r, {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "sciq", "winogrande"});
     expect_lambada(o, {5 * S, 2 * S + 2 * O, 4 * O}, 1.0 / 3, 1e-9);
     expect_mc(o, 1e-9);
     EXPECT_EQ(o.stats.dropped_tokens, 0);
@@ -346,7 +346,9 @@ TEST(EvalTasks, OriginalDatasetLayoutsLoadTheSameDocuments) {
   fs::create_directories(dir / "sciq");
   fs::create_directories(dir / "ARC-Easy");
   std::ofstream(dir / "piqa" / "valid.jsonl") << R"({"goal": "ab", "sol1": "x", "sol2": "abcdefghijklmnopqrstuvwxyzq"})"
-                                              << "\n" << R"({"goal": "cd", "sol1": "abc", "sol2": "zz"})" << "\n";
+                                              << "\n"
+                                              << R"({"goal": "cd", "sol1": "abc", "sol2": "zz"})"
+                                              << "\n";
   std::ofstream(dir / "piqa" / "valid-labels.lst") << "1\n0\n";
   std::ofstream(dir / "sciq" / "test.json")
       << R"([{"question": "Q", "distractor3": "qq", "distractor1": "zz", "distractor2": "x", "correct_answer": "abc",
@@ -368,8 +370,9 @@ TEST(EvalTasks, OriginalDatasetLayoutsLoadTheSameDocuments) {
   const LoadedTask arc = load_task("arc_easy", dir.string());
   EXPECT_EQ(arc.docs[0].continuations, (std::vector<std::string>{" ab", " b"}));
   // Errors name the file, the line and what is missing.
-  std::ofstream(dir / "winogrande.jsonl") << R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})"
-                                          << "\n";
+  std::ofstream(dir / "winogrande.jsonl")
+      << R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})"
+      << "\n";
   try {
     load_task("winogrande", dir.string());
     ADD_FAILURE() << "no error";
@@ -397,7 +400,8 @@ std::vector<double> random_weights(const ModelConfig& m) {
   Rng r(3);
   for (const auto& p : t.entries()) {
     const bool vec = p.kind != ParamKind::matrix && p.kind != ParamKind::embedding && p.kind != ParamKind::head;
-    for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = vec ? w[p.offset + i] + 0.2 * r.normal() : 5 * w[p.offset + i];
+    for (size_t i = 0; i < p.numel; ++i)
+      w[p.offset + i] = vec ? w[p.offset + i] + 0.2 * r.normal() : 5 * w[p.offset + i];
   }
   return w;
 }
@@ -603,8 +607,10 @@ TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
   double first = 0;
   int64_t windows = 0;
   for (int batch : {1, 3, 8}) {
-    const std::string o = ok("eval --ckpt " + ckpt + " --data '" + (dir_ / "data").string() + "/val-*.h5' --device cpu "
-                             "--json --batch-size " + std::to_string(batch));
+    const std::string o = ok("eval --ckpt " + ckpt + " --data '" + (dir_ / "data").string() +
+                             "/val-*.h5' --device cpu "
+                             "--json --batch-size " +
+                             std::to_string(batch));
     const auto j = nlohmann::json::parse(o.substr(o.find('{')));
     EXPECT_EQ(j["windows"], j["windows_total"]) << "batch " << batch;
     if (batch == 1) {
