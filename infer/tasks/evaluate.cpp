@@ -82,6 +82,11 @@ TaskResult evaluate_task(const std::string& task, const LoadedTask& data, LMScor
     first.push_back(reqs.size());
   }
   tr.requests = static_cast<int64_t>(reqs.size());
+  for (int64_t d = 0; d < n; ++d)
+    for (size_t k = first[size_t(d)]; k < first[size_t(d) + 1]; ++k)
+      BT_CHECK(static_cast<int>(reqs[k].continuation.size()) <= scorer.max_length(), task, " document ", d + 1,
+               ": a continuation of ", reqs[k].continuation.size(), " tokens is longer than --max-length ",
+               scorer.max_length(), " (the harness fails there too)");
   Timer timer;
   const std::vector<LLResult> res = scorer.score(reqs);
   tr.seconds = timer.seconds();

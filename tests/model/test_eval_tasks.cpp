@@ -594,6 +594,9 @@ TEST_F(EvalCli, BlockContextModesAndBadInput) {
   fails("--task piqa --task-data " + dir_.string(), "no data under");
   fails("--task piqa --task-data " + task_dir() + " --log-samples", "--log-samples needs --output");
   fails("--task piqa --task-data " + task_dir() + " --context-mode half", "expected pad or nopad");
+  fails("--task hellaswag --task-data " + task_dir() + " --max-length 16",
+        "hellaswag document 2: a continuation of 24 tokens is longer than --max-length 16");
+  fails("--task piqa --task-data " + task_dir() + " --limit -1", "--limit must be >= 0");
 }
 
 TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
