@@ -16,9 +16,11 @@ span several rolling windows.
     rotary tables recomputed in float64) within 1e-9.
 (b) Where lm-eval 0.4 is installed (launch/install-deps.sh installs it into the peer venv), the
     harness itself runs the same local task files (its own task YAMLs, with the dataset pointed at
-    the JSONL files) through HFLM with the same tokenizer: every metric bt reports equals the
-    harness's (accuracies exactly, perplexities within 1e-6 relative and the bootstrap standard
-    error within 1e-5: bt replays the harness's random resampling).
+    the JSONL files) through HFLM with the same tokenizer: request by request, its prompts
+    (arguments) are bt's and its loglikelihoods and is_greedy equal bt's (within 1e-5, or two
+    float32 ulps of HFLM's float32 sums); and every metric bt reports equals the harness's
+    (accuracies exactly, perplexities within 1e-6 relative and the bootstrap standard error within
+    1e-5: bt replays the harness's random resampling).
 Both with the byte tokenizer (`--tokenizer byte`, an HF tokenizer with the same ids on the
 harness's side) and with a byte-level BPE shaped like Pythia's (ByteLevel pre-tokenizer, EOS
 <|endoftext|> = 0), trained here with the `tokenizers` package on the task texts and read by bt as
@@ -200,8 +202,9 @@ def run_harness(model, tokenizer, tmp, tasks_dir):
                     f"test_split: {'test' if split == 'test' else 'null'}\n")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=MAX_LEN, backend="causal")
     res = lm_eval.simple_evaluate(model=lm, tasks=[f"bt_{t}" for t in TASKS], task_manager=TaskManager(include_path=ydir),
-                                  bootstrap_iters=1000)
-    return {t: res["results"][f"bt_{t}"] for t in TASKS}
+                                  bootstrap_iters=1000, log_samples=True)
+    samples = {t: sorted(res["samples"][f"bt_{t}"], key=lambda s: s["doc_id"]) for t in TASKS}
+    return {t: res["results"][f"bt_{t}"] for t in TASKS}, samples
 
 
 def check(tmp, tasks_dir, kind):
@@ -274,8 +277,36 @@ def check(tmp, tasks_dir, kind):
         ours = json.load(f)["results"]
 
     # (b) the harness itself
-    theirs = run_harness(model, hf_tok, work, tasks_dir)
-    if theirs is not None:
+    harness = run_harness(model, hf_tok, work, tasks_dir)
+    if harness is not None:
+        theirs, their_samples = harness
+        # Request by request: the harness's own prompts (its task YAMLs and utils) are ours, and
+        # its loglikelihoods and is_greedy (HFLM, batches of 4) equal ours.
+        worst, n = 0.0, 0
+        for t in TASKS:
+            with open(os.path.join(work, "out_fp32", f"samples_{t}.jsonl")) as f:
+                mine = [json.loads(line) for line in f]
+            assert len(mine) == len(their_samples[t]), (t, len(mine), len(their_samples[t]))
+            for d, (s, h) in enumerate(zip(mine, their_samples[t])):
+                assert h["doc_id"] == d, (t, d, h["doc_id"])
+                if t == "wikitext":
+                    assert [s["arguments"][0][0]] == list(h["arguments"][0]), (t, d)
+                    pairs = [(s["resps"][0][0], h["resps"][0][0])]
+                else:
+                    assert [list(a) for a in s["arguments"]] == [list(a) for a in h["arguments"]], \
+                        (t, d, s["arguments"], h["arguments"])
+                    pairs = []
+                    for resp, hr in zip(s["resps"], h["resps"]):
+                        ll, greedy = hr[0]
+                        pairs.append((resp[0], ll))
+                        if resp[1] is not None:
+                            assert resp[1] == greedy, (t, d, resp, hr)
+                # HFLM sums a continuation's log-probabilities in float32: up to two float32 ulps
+                # (2.4e-7 relative; 1.2e-5 at -139 nats) beyond the 1e-5.
+                for a, b in pairs:
+                    worst = max(worst, abs(a - b) / max(1e-5, 2.4e-7 * abs(b)) * 1e-5)
+                    n += 1
+        pu.check_close(f"{kind}: {n} loglikelihoods (bt vs lm-eval's HFLM, its own requests)", worst, 0.0, 1e-5)
         for t in TASKS:
             for key, value in ours[t].items():
                 if key == "alias":
