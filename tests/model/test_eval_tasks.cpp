@@ -182,12 +182,16 @@ void expect_mc(const Outcome& o, double tol) {
   EXPECT_NEAR(o.metrics.at("hellaswag").at("acc").value, 0.5, tol);
   EXPECT_NEAR(o.metrics.at("hellaswag").at("acc_norm").value, 1.0, tol);
   // piqa doc 0: " x" S+O (len 1), " abc..zq" 27S+O (len 27), gold 1: raw 0, normalized 1.
-  // doc 1: " abc" 4S, " zz" S+2O, gold 0: both 0.
-  EXPECT_NEAR(o.metrics.at("piqa").at("acc").value, 0.5, tol);
+  // doc 1: " abc" 4S, " zz" S+2O, gold 0: both 0. doc 2: " x" S+O (len 1), " \u00e9" S+2O (two
+  // UTF-8 bytes, each an "other" token: len 1 character), gold 0: both right; normalized by
+  // bytes (-7.08 per byte against -7.22) it would pick the second.
+  EXPECT_NEAR(o.metrics.at("piqa").at("acc").value, 2.0 / 3, tol);
   EXPECT_NEAR(o.metrics.at("piqa").at("acc_norm").value, 1.0, tol);
   // arc_easy doc 0: "ab" 3S, "b" S+O, "zz" S+2O, gold A: both right. doc 1: "y" S+O,
-  // "abc..zq" 27S+O, gold "2": raw wrong, normalized right.
-  EXPECT_NEAR(o.metrics.at("arc_easy").at("acc").value, 0.5, tol);
+  // "abc..zq" 27S+O, gold "2": raw wrong, normalized right. doc 2: "x" S+O (len 1), "zz" S+2O
+  // (len 2), gold B: raw wrong, normalized right (-7.08 > -7.22); normalized by tokens (2 and 3,
+  // the leading space included) it would pick "x" (-3.61 > -4.72).
+  EXPECT_NEAR(o.metrics.at("arc_easy").at("acc").value, 1.0 / 3, tol);
   EXPECT_NEAR(o.metrics.at("arc_easy").at("acc_norm").value, 1.0, tol);
   // arc_challenge (AI2's nested layout) doc 0: "zz" S+2O (gold), "abc" 4S: both wrong.
   // doc 1: "a" 2S (gold), "q" S+O: both right.
@@ -201,8 +205,8 @@ void expect_mc(const Outcome& o, double tol) {
   // doc 1: "Mm qz" + " ab." 3S+O, "Mm q" + " ab." 2S+2O (gold): wrong.
   EXPECT_NEAR(o.metrics.at("winogrande").at("acc").value, 0.5, tol);
   // Standard errors: sample stddev / sqrt(n) of the per-document values.
-  EXPECT_NEAR(*o.metrics.at("piqa").at("acc").stderr_, 0.5, tol);       // [0, 1]
-  EXPECT_NEAR(*o.metrics.at("piqa").at("acc_norm").stderr_, 0.0, tol);  // [1, 1]
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc").stderr_, 1.0 / 3, tol);   // [0, 0, 1]: sqrt(1/3) / sqrt(3)
+  EXPECT_NEAR(*o.metrics.at("piqa").at("acc_norm").stderr_, 0.0, tol);  // [1, 1, 1]
   // The per-choice loglikelihoods themselves (doc 1 of hellaswag).
   const auto& resps = o.results.at("hellaswag").samples[1]["resps"];
   EXPECT_NEAR(resps[0][0].get<double>(), 2 * S + 2 * O, tol);
@@ -539,8 +543,8 @@ TEST_F(EvalCli, TasksEndToEndInTheHarnessLayout) {
     EXPECT_TRUE(j.contains(k)) << k;
   const auto& r = j["results"];
   EXPECT_EQ(r["piqa"]["alias"], "piqa");
-  EXPECT_NEAR(r["piqa"]["acc,none"].get<double>(), 0.5, 1e-9);
-  EXPECT_NEAR(r["piqa"]["acc_stderr,none"].get<double>(), 0.5, 1e-9);
+  EXPECT_NEAR(r["piqa"]["acc,none"].get<double>(), 2.0 / 3, 1e-9);
+  EXPECT_NEAR(r["piqa"]["acc_stderr,none"].get<double>(), 1.0 / 3, 1e-9);
   EXPECT_NEAR(r["hellaswag"]["acc_norm,none"].get<double>(), 1.0, 1e-9);
   EXPECT_NEAR(r["lambada_openai"]["acc,none"].get<double>(), 1.0 / 3, 1e-9);
   EXPECT_NEAR(r["lambada_openai"]["perplexity,none"].get<double>(), std::exp(-(7 * S + 6 * O) / 3),
@@ -557,7 +561,7 @@ TEST_F(EvalCli, TasksEndToEndInTheHarnessLayout) {
                                " --tokenizer byte --device cpu --limit 1");
   EXPECT_NE(table.find("|piqa"), std::string::npos) << table;
   EXPECT_NE(table.find("requests/s"), std::string::npos) << table;
-  EXPECT_NE(table.find("1 of 2 documents"), std::string::npos) << table;
+  EXPECT_NE(table.find("1 of 3 documents"), std::string::npos) << table;
 }
 
 TEST_F(EvalCli, ProgressBarWithEtaOnATerminal) {
