@@ -94,7 +94,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--output", t.output, "--task: write the results JSON here (a .json file, or a directory)");
   cmd->add_flag("--log-samples", t.log_samples, "--task: also write samples_TASK.jsonl next to the results");
   cmd->add_option("--context-mode", t.context_mode,
-                  "--task, block models: pad (L_B - 1 pads before each row, the paper's setting) | nopad");
+                  "--task, block models: pad (L_B - 1 pads before each row, the official default) | nopad (checkpoints trained without data.random_pad_first_block)");
   cmd->add_option("--max-length", t.max_length, "--task: tokens of model input per request (default: "
                                                 "model.context_length)");
   cmd->add_option("--pad-id", t.pad_id, "--task, block models: the pad token (default: the tokenizer's EOS)");

@@ -8,8 +8,8 @@
 // Block models see a row the way the official evaluation wrappers build it
 // (itsnamgyu/block-transformer lm_eval/models/block_transformer_{pad,nopad}.py):
 //   pad    L_B - 1 pad tokens, then the row: the first block is [P .. P t_0], so every token after
-//          t_0 has a context embedding to be predicted from (the official default,
-//          `eval_no_pad: False`, used for the paper's numbers).
+//          t_0 has a context embedding to be predicted from (the official eval config's default,
+//          `eval_no_pad: False`, for checkpoints trained with pads in their first blocks).
 //   nopad  the row from position 0: tokens in the first block have no context embedding and are
 //          not scored (the patched harness drops them: `cont_toks[-ctx_len:]`); a request with
 //          no scorable token scores 0 and is counted in ScorerStats::unscorable.
