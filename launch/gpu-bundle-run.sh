@@ -30,7 +30,7 @@ say "blockformer GPU bundle run, $(date -u +%FT%TZ)"
 say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)"
 status=0
 for t in bt_gpu_test_cuda_ops bt_gpu_test_cuda_model bt_gpu_test_cuda_train bt_gpu_test_cuda_cli \
-  bt_gpu_test_cuda_decode; do
+  bt_gpu_test_cuda_decode bt_gpu_test_cuda_eval_tasks; do
   "$here/bin/$t" --gtest_brief=1 >"$out/$t.log" 2>&1
   rc=$?
   skipped=$(grep -c "SKIPPED \]" "$out/$t.log")

@@ -15,7 +15,7 @@ build=build/gpu-bundle
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DBT_MPI=OFF -DBT_NCCL=OFF -DBT_CUDA_STATIC_RUNTIME=ON >/dev/null
 targets=(bt bt_gpu_test_cuda_ops bt_gpu_test_cuda_model bt_gpu_test_cuda_train bt_gpu_test_cuda_cli
-  bt_gpu_test_cuda_decode)
+  bt_gpu_test_cuda_decode bt_gpu_test_cuda_eval_tasks)
 cmake --build "$build" -j "${JOBS:-2}" --target "${targets[@]}"
 
 out=.gpu-bundle
