@@ -25,6 +25,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace bt {
 namespace {
@@ -773,13 +774,14 @@ Config parse_config_impl(const std::string& yaml_text, const std::string& path,
   }
   resolve(c);
   c.source = path;
-  // The key itself, not only a value other than the default: a vanilla model has no blocks, so
-  // any model.block_length (even 4) in its file or an override is a mistake worth naming.
-  if (c.model.kind == "vanilla")
+  // A vanilla model has no blocks: a model.block_length other than the default is refused below
+  // (validate_impl); the key at its default value is named in a warning instead of passing
+  // silently. Not an error: the config.yaml of vanilla checkpoints written by bt before
+  // 2026-12-01 carries `block_length: 4`, and those checkpoints must still load.
+  if (c.model.kind == "vanilla" && c.model.block_length == ModelConfig{}.block_length)
     if (YAML::Node n = lookup(root, "model.block_length"); n.IsDefined())
-      BT_FAIL(origin.at("model.block_length", n.Mark()),
-              "model.block_length is set (", c.model.block_length,
-              ") but model.kind is vanilla; remove it (only block models have blocks)");
+      log_warn("{}model.block_length is ignored: model.kind is vanilla (only block models have blocks); remove it",
+               origin.at("model.block_length", n.Mark()));
   validate_impl(c, [&](const std::vector<std::string>& keys) {
     for (const std::string& k : keys)
       if (std::string ov = origin.override_of(k); !ov.empty()) return ov;

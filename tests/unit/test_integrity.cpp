@@ -6,6 +6,8 @@
 // resolve_checkpoint for an empty or partial directory; the out_dir lock; the config validator's
 // checkpoint_every 0 / keep_checkpoints <= 0 / vanilla block_length rules.
 #include <gtest/gtest.h>
+#include <algorithm>
+#include <sstream>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -314,12 +316,32 @@ TEST(ConfigRules, CheckpointIntervalsAndVanillaBlockLength) {
   // A vanilla model has no blocks.
   EXPECT_HAS(error_of([&] { load_config(vanilla, {"model.block_length=8"}); }),
              "model.block_length is set (8) but model.kind is vanilla");
-  // Even at the default value: the key itself is refused, with where it came from.
+  // At the default value it is only named in a warning: vanilla checkpoints written before the
+  // rule carry `block_length: 4` in their config.yaml and must still load.
   const std::string dflt = std::to_string(ModelConfig{}.block_length);
-  EXPECT_HAS(error_of([&] { load_config(vanilla, {"model.block_length=" + dflt}); }),
-             "override 'model.block_length=" + dflt + "': model.block_length is set (" + dflt + ") but model.kind is vanilla");
-  EXPECT_HAS(error_of([&] { parse_config("model:\n  kind: vanilla\n  block_length: " + dflt + "\n", "v.yaml"); }),
-             "v.yaml:3: model.block_length is set (" + dflt + ") but model.kind is vanilla");
+  std::string text;
+  {
+    std::ifstream in(vanilla);
+    std::ostringstream os;
+    os << in.rdbuf();
+    text = os.str();
+  }
+  const size_t at = text.find("\nmodel:\n");
+  ASSERT_NE(at, std::string::npos);
+  text.insert(at + 8, "  block_length: " + dflt + "\n");
+  const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + at + 8, '\n'));
+  testing::internal::CaptureStderr();
+  const Config old = parse_config(text, "old/config.yaml");
+  const std::string warned = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(old.model.kind, "vanilla");
+  EXPECT_HAS(warned, "warning: old/config.yaml:" + std::to_string(line) +
+                         ": model.block_length is ignored: model.kind is vanilla");
+  testing::internal::CaptureStderr();
+  load_config(vanilla, {"model.block_length=" + dflt});
+  EXPECT_HAS(testing::internal::GetCapturedStderr(), "override 'model.block_length=" + dflt + "': model.block_length is ignored");
+  testing::internal::CaptureStderr();
+  load_config(vanilla);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
   const Config v = load_config(vanilla);
   EXPECT_EQ(to_yaml(v).find("block_length"), std::string::npos) << to_yaml(v);
   EXPECT_EQ(parse_config(to_yaml(v), "x"), parse_config(to_yaml(v), "x"));
