@@ -28,39 +28,15 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "data/utf8.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace bt;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "bt_test_integrity_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string m = e.what();
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "not one line: " << m;
-    return m;
-  }
-  ADD_FAILURE() << "expected an error";
-  return "";
-}
-#define EXPECT_HAS(msg, needle) EXPECT_NE(std::string(msg).find(needle), std::string::npos) << (msg)
+using bt::test::error_of;
+using bt::test::TempDir;
 
 // Text of `docs` documents of about 60 bytes each, blank-line separated.
 std::string corpus(int docs) {

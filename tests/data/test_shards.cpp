@@ -17,25 +17,14 @@
 #include "data/sha256.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace bt;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "bt_test_shards_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
+using bt::test::TempDir;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);

@@ -15,22 +15,14 @@
 #include "core/rng.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
+#include "tests/test_util.h"
 
 using namespace bt;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TmpDir {
-  fs::path p;
-  explicit TmpDir(const std::string& tag) {
-    p = fs::temp_directory_path() / ("bt_ckpt_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-  }
-  ~TmpDir() { fs::remove_all(p); }
-  std::string operator/(const std::string& s) const { return (p / s).string(); }
-};
+using TmpDir = bt::test::TempDir;
 
 Config tiny_config(const std::string& kind = "block", int layers = 2, int dim = 16) {
   Config c;
@@ -203,7 +195,7 @@ TEST(Checkpoint, SaveLoadRoundTrip) {
     EXPECT_TRUE(fs::exists(fs::path(dir) / f)) << f;
   EXPECT_EQ(fs::read_symlink(fs::path(d / "checkpoints") / "latest").string(), "step_00000007");
   // Every accepted spelling resolves to the same directory.
-  for (const std::string& p : {dir, d / "checkpoints/latest", d / "checkpoints", d.p.string()})
+  for (const std::string& p : {dir, d / "checkpoints/latest", d / "checkpoints", d.str()})
     EXPECT_EQ(resolve_checkpoint(p), fs::weakly_canonical(dir).string()) << p;
   std::vector<float> back(t.total(), 0.f);
   EXPECT_TRUE(load_weights(dir + "/model.safetensors", t, back.data()).empty());

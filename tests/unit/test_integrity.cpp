@@ -6,17 +6,17 @@
 // resolve_checkpoint for an empty or partial directory; the out_dir lock; the config validator's
 // checkpoint_every 0 / keep_checkpoints <= 0 / vanilla block_length rules.
 #include <gtest/gtest.h>
-#include <algorithm>
-#include <sstream>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/checksum.h"
 #include "core/error.h"
@@ -25,6 +25,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "model/safetensors.h"
+#include "tests/test_util.h"
 #include "train/run_lock.h"
 
 using namespace bt;
@@ -32,30 +33,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TmpDir {
-  fs::path p;
-  explicit TmpDir(const std::string& tag) {
-    p = fs::temp_directory_path() / ("bt_integrity_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-  }
-  ~TmpDir() { fs::remove_all(p); }
-  std::string operator/(const std::string& s) const { return (p / s).string(); }
-};
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string m = e.what();
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "not one line: " << m;
-    return m;
-  }
-  ADD_FAILURE() << "expected an error";
-  return "";
-}
-#define EXPECT_HAS(msg, needle) EXPECT_NE(std::string(msg).find(needle), std::string::npos) << (msg)
+using TmpDir = bt::test::TempDir;
+using bt::test::error_of;
 
 Config tiny_config() {
   Config c;
@@ -152,7 +131,7 @@ TEST(Safetensors, OverlapsHolesAndTrailingBytesAreRefused) {
             data);
   EXPECT_NO_THROW(SafetensorsReader r(tmp / "ok.safetensors"));
   // A directory is named as one.
-  EXPECT_HAS(error_of([&] { SafetensorsReader r(tmp.p.string()); }), "is a directory");
+  EXPECT_HAS(error_of([&] { SafetensorsReader r(tmp.str()); }), "is a directory");
 }
 
 TEST(CheckpointIntegrity, ChecksumsAreRecordedAndVerified) {

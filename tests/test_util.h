@@ -1,0 +1,52 @@
+// Helpers shared by the C++ tests: a scratch directory removed with its owner, and the check
+// that an expected bt::Error is one line (the project's rule for user-facing errors).
+#pragma once
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <string>
+
+#include "core/error.h"
+
+namespace bt::test {
+
+// A fresh directory under $TMPDIR (bt_<tag>_XXXXXX), removed with everything in it.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / ("bt_" + tag + "_XXXXXX")).string();
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("cannot create a temporary directory " + tmpl);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+  const std::string& str() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The message of the bt::Error that f throws, checked to be one line; a test failure when it
+// throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << "not one line: " << m;
+    return m;
+  }
+  ADD_FAILURE() << "expected an error";
+  return "";
+}
+
+}  // namespace bt::test
+
+#define EXPECT_HAS(msg, needle) EXPECT_NE(std::string(msg).find(needle), std::string::npos) << (msg)
