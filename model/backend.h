@@ -66,6 +66,20 @@ struct DecodeState {
   Tensor step;  // [1] i32 the token index s (the Philox counter); not advanced by sample_tokens
 };
 
+// The argument checks of Backend::sample_tokens, the same for every backend: logits [B, V] (or
+// [V]: B = 1) against the state's shapes, and eos_id below V. Returns B.
+inline int64_t check_sample_tokens(const Tensor& logits, const DecodeState& st, const SampleParams& p) {
+  const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
+  const int V = static_cast<int>(logits.dim(-1));
+  BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
+               st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
+               (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
+           "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
+           " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
+  BT_CHECK(p.eos_id < V, "sample_tokens: eos id ", p.eos_id, " is not below the vocabulary size ", V);
+  return B;
+}
+
 // Host <-> device traffic of a backend since it was made (upload, download, synchronize). The
 // CPU backend counts the same calls although nothing moves, so that a decoding loop's traffic
 // is checked on both.

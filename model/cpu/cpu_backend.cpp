@@ -247,14 +247,8 @@ class CpuBackend final : public Backend {
 
   // ---- decoding on the device (here: host memory) --------------------------------------------
   void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& sp) override {
-    const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
+    const int64_t B = check_sample_tokens(logits, st, sp);
     const int V = static_cast<int>(logits.dim(-1));
-    BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
-                 st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
-                 (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
-             "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
-             " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
-    BT_CHECK(sp.eos_id < V, "sample_tokens: eos id ", sp.eos_id, " is not below the vocabulary size ", V);
     for (const Tensor* t : {&st.ids, &st.seq, &st.step, &st.done, &st.hist})
       BT_CHECK(t->empty() || t->dtype == DType::i32, "sample_tokens: ids, seq, step, done and hist are i32");
     const T* x = p(logits);

@@ -482,14 +482,8 @@ class CudaBackend final : public Backend {
 
   // ---- decoding on the device ------------------------------------------------------------------
   void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& p) override {
-    const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
+    const int64_t B = check_sample_tokens(logits, st, p);
     const int V = static_cast<int>(logits.dim(-1));
-    BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
-                 st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
-                 (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
-             "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
-             " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
-    BT_CHECK(p.eos_id < V, "sample_tokens: eos id ", p.eos_id, " is not below the vocabulary size ", V);
     act(logits, "sample_tokens logits");
     int32_t* hist = st.hist.empty() ? nullptr : const_cast<int32_t*>(ids(st.hist, "sample_tokens hist"));
     int32_t* done = st.done.empty() ? nullptr : const_cast<int32_t*>(ids(st.done, "sample_tokens done"));
