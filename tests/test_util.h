@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -45,6 +46,21 @@ std::string error_of(F&& f) {
   }
   ADD_FAILURE() << "expected an error";
   return "";
+}
+
+// The environment variable k, or d when it is not set.
+inline std::string env_or(const char* k, const std::string& d) {
+  const char* s = std::getenv(k);
+  return s ? s : d;
+}
+
+// BT_BINARY (set by ctest), else the `bt` next to the tests folder of this build; "" when neither.
+inline std::string bt_binary() {
+  if (const char* b = std::getenv("BT_BINARY")) return b;
+  std::error_code ec;
+  const std::filesystem::path p =
+      std::filesystem::canonical("/proc/self/exe", ec).parent_path().parent_path() / "bt";
+  return std::filesystem::exists(p, ec) ? p.string() : "";
 }
 
 }  // namespace bt::test

@@ -92,12 +92,7 @@ uint64_t tokens_offset(const std::string& path) {
   return uint64_t(addr);
 }
 
-std::string bt_binary() {
-  if (const char* b = std::getenv("BT_BINARY")) return b;
-  std::error_code ec;
-  const fs::path p = fs::canonical("/proc/self/exe", ec).parent_path().parent_path() / "bt";
-  return fs::exists(p, ec) ? p.string() : "";
-}
+using bt::test::bt_binary;
 
 }  // namespace
 

@@ -16,15 +16,13 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v ? v : fallback;
-}
+using bt::test::env_or;
 
 // A block model small enough for the emulator: D = 32, two layers each, V = 64, L = 32.
 const char* kModel =

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/checkpoint.h"
+#include "tests/test_util.h"
 
 extern char** environ;
 
@@ -27,18 +28,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string env_or(const char* k, const std::string& d) {
-  const char* s = std::getenv(k);
-  return s ? s : d;
-}
+using bt::test::env_or;
 
-// BT_BINARY (set by ctest), else the `bt` next to the tests folder of this build.
-std::string bt_binary() {
-  if (const char* b = std::getenv("BT_BINARY")) return b;
-  std::error_code ec;
-  const fs::path p = fs::canonical("/proc/self/exe", ec).parent_path().parent_path() / "bt";
-  return fs::exists(p, ec) ? p.string() : "bt";
-}
+using bt::test::bt_binary;
 
 std::vector<std::string> train_args(const std::string& out_dir) {
   return {bt_binary(),

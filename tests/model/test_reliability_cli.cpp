@@ -22,23 +22,16 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace bt;
 
 namespace {
 
-std::string env_or(const char* k, const std::string& d) {
-  const char* s = std::getenv(k);
-  return s ? s : d;
-}
+using bt::test::env_or;
 
-std::string bt_binary() {
-  if (const char* b = std::getenv("BT_BINARY")) return b;
-  std::error_code ec;
-  const fs::path p = fs::canonical("/proc/self/exe", ec).parent_path().parent_path() / "bt";
-  return fs::exists(p, ec) ? p.string() : "";
-}
+using bt::test::bt_binary;
 
 struct Result {
   int rc = -1;

@@ -9,13 +9,12 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "tests/test_util.h"
+
 namespace fs = std::filesystem;
 
 namespace {
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v ? v : fallback;
-}
+using bt::test::env_or;
 }  // namespace
 
 TEST(TrainCli, TinyBlockLearnsARepeatingPattern) {
