@@ -56,6 +56,17 @@ MCFG = {"vocab_size": 257, "context_length": 64, "rotary_pct": 0.25, "rotary_bas
         "decoder": {"layers": 2, "dim": 64, "heads": 2, "ffn_dim": 128}}
 
 
+def sharpen_(model):
+    """Far from uniform predictions: LayerNorm weights and biases moved off 1 / 0 (N(0, 0.1) added),
+    matrices scaled by 3, in parameter order (torch's RNG decides the values)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.mul_(3.0)
+
+
 def src_dir():
     return os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -221,12 +232,7 @@ def check(tmp, tasks_dir, kind):
     eot = hf_tok.eos_token_id
     mcfg = dict(MCFG, vocab_size=vocab)
     model = GPTNeoXForCausalLM(pu.neox_config(mcfg["decoder"], mcfg)).float().eval()
-    with torch.no_grad():  # far from uniform predictions, LayerNorm and biases off 1 / 0
-        for n, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-            else:
-                p.mul_(3.0)
+    sharpen_(model)
     hf_dir = os.path.join(work, "hf")
     model.save_pretrained(hf_dir, safe_serialization=True)
     d = mcfg["decoder"]

@@ -45,7 +45,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention  # noqa: E402
 
 import official_ref as ofr  # noqa: E402
-from test_peer_tasks import EOT, LONG_PAGE, TASKS, encode_pair, exact_rotary, rolling_windows, src_dir  # noqa: E402
+from test_peer_tasks import EOT, LONG_PAGE, TASKS, encode_pair, exact_rotary, rolling_windows, sharpen_, src_dir  # noqa: E402
 
 torch.set_num_threads(2)
 PAD = EOT  # the byte tokenizer's EOS is the pad, as Pythia's EOS (0) is its pad in the official runs
@@ -174,12 +174,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         ref = ofr.BlockTransformerRef(M, pad_id=PAD).double().eval()
-        with torch.no_grad():  # far from uniform predictions, LayerNorm and biases off 1 / 0
-            for n, p in ref.named_parameters():
-                if p.dim() == 1:
-                    p.add_(0.1 * torch.randn_like(p))
-                else:
-                    p.mul_(3.0)
+        sharpen_(ref)
+        with torch.no_grad():
+            for p in ref.parameters():
                 p.copy_(p.float().double())  # the float32 values bt loads
         weights = os.path.join(tmp, "official.safetensors")
         save_file({k: v.float().contiguous() for k, v in ref.state_dict().items()}, weights, metadata={"format": "pt"})
