@@ -1,5 +1,6 @@
-// Helpers shared by the C++ tests: a scratch directory removed with its owner, and the check
-// that an expected bt::Error is one line (the project's rule for user-facing errors).
+// Helpers shared by the C++ tests: a scratch directory removed with its owner, the check that an
+// expected bt::Error is one line (the project's rule for user-facing errors), the bt binary under
+// test, and random flat parameters.
 #pragma once
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -7,8 +8,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "core/rng.h"
+#include "model/params.h"
 
 namespace bt::test {
 
@@ -61,6 +65,15 @@ inline std::string bt_binary() {
   const std::filesystem::path p =
       std::filesystem::canonical("/proc/self/exe", ec).parent_path().parent_path() / "bt";
   return std::filesystem::exists(p, ec) ? p.string() : "";
+}
+
+// Flat parameters [t.total()] drawn from N(0, 1), tensor by tensor in table order.
+inline std::vector<float> random_flat(const ParamTable& t, uint64_t seed) {
+  std::vector<float> w(t.total(), 0.f);
+  Rng r(seed);
+  for (const auto& p : t.entries())
+    for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = static_cast<float>(r.normal());
+  return w;
 }
 
 }  // namespace bt::test

@@ -42,13 +42,7 @@ Config tiny_config(const std::string& kind = "block", int layers = 2, int dim = 
   return c;
 }
 
-std::vector<float> random_flat(const ParamTable& t, uint64_t seed) {
-  std::vector<float> w(t.total(), 0.f);
-  Rng r(seed);
-  for (const auto& p : t.entries())
-    for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = static_cast<float>(r.normal());
-  return w;
-}
+using bt::test::random_flat;
 
 std::string save(const std::string& root, const Config& c, int64_t step, const std::vector<float>& w, int keep) {
   ParamTable t(c.model);

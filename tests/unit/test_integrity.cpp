@@ -49,13 +49,7 @@ Config tiny_config() {
   return c;
 }
 
-std::vector<float> random_flat(const ParamTable& t, uint64_t seed) {
-  std::vector<float> w(t.total(), 0.f);
-  Rng r(seed);
-  for (const auto& p : t.entries())
-    for (size_t i = 0; i < p.numel; ++i) w[p.offset + i] = static_cast<float>(r.normal());
-  return w;
-}
+using bt::test::random_flat;
 
 std::string save(const std::string& root, int64_t step, const Config& c, const ParamTable& t, const float* w,
                  const std::vector<SafetensorOut>& opt = {}) {
