@@ -28,6 +28,7 @@ void check_prompt_ids(const std::vector<std::vector<int32_t>>& prompts, int V) {
 // The session of one generate call: B rows, NP prompt units, gen new tokens; the prefill takes
 // at most max(1, prefill_rows / B) units of every row per call.
 SessionShape generate_shape(const ModelConfig& m, int64_t B, int64_t NP, int64_t gen, int64_t prefill_rows) {
+  BT_CHECK(B >= 1, "decoding needs a batch of at least one sequence, got ", B);
   const int64_t rows = prefill_rows > 0 ? prefill_rows : 4096;
   SessionShape s;
   s.rows = B;
