@@ -1,4 +1,5 @@
-// Autoregressive decoding with KV caches, written once over model/backend.h (any backend).
+// Autoregressive decoding with KV caches, written once over model/backend.h (any backend), on
+// the decode engine of infer/decode_session.h.
 //
 // Block model (docs/design.md §2.4): each prompt is left-padded with pad_id to a multiple of L_B (at least
 // one block); a batch is further aligned with whole pad blocks that attention_cached hides
@@ -23,6 +24,7 @@
 #include <memory>
 #include <vector>
 
+#include "infer/decode_session.h"
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "model/transformer.h"
@@ -44,15 +46,6 @@ struct GenerateOptions {
   bool profile = false;  // time the decode phases (GenerateResult::phases); synchronizes, no graphs
 };
 
-// Seconds of the decode loop by part (GenerateOptions::profile).
-struct DecodePhases {
-  double block_decoder = 0;  // block embedding + block-decoder step
-  double token_decoder = 0;  // prefix expansion + token-decoder prefill and steps (vanilla: the decoder)
-  double head = 0;           // the logits matmul
-  double sampling = 0;       // sample_tokens + the counters
-  double host = 0;           // reading the new ids back and appending them
-};
-
 struct GenerateResult {
   std::vector<std::vector<int32_t>> tokens;  // per prompt: the new tokens (up to, without, EOS)
   std::vector<bool> hit_eos;
@@ -66,20 +59,17 @@ struct GenerateResult {
 };
 
 // The device memory one generate call allocates besides the weights (the memory plan of
-// `bt bench infer --batch auto`): exactly what Generator allocates, each allocation rounded up to
-// `align` bytes (the CUDA arena: 256).
-struct DecodePlan {
-  size_t kv_cache = 0;  // all layers' keys and values, the whole batch
-  size_t buffers = 0;   // ids, counters, embeddings, prefix vectors, logits
-  size_t stacks = 0;    // the stacks' activation scratch (forward_cached) for the largest call
-  size_t total() const { return kv_cache + buffers + stacks; }
-};
+// `bt bench infer --batch auto`): exactly what the decode session allocates, each allocation
+// rounded up to `align` bytes (the CUDA arena: 256).
 DecodePlan plan_decode(const ModelConfig& m, DType act, DType stats, int64_t B, int64_t prompt, int64_t gen,
                        int64_t prefill_rows = 0, size_t align = 256);
 // The largest B <= max_batch whose plan fits `budget` bytes (0 when not even B = 1 does).
 int64_t largest_batch(const ModelConfig& m, DType act, DType stats, size_t budget, int64_t prompt, int64_t gen,
                       int64_t max_batch, int64_t prefill_rows = 0, size_t align = 256);
 
+// Generation of one batch of prompts from start to end on a decode session (decode_session.h):
+// the prompts are left-padded to a common length, prefilled, armed, and decoded round by round
+// until every sequence has stopped or has max_new_tokens tokens.
 class Generator {
  public:
   // The model's parameters are used in place (an inference-only Model(cfg, be, 0) suffices).
@@ -90,27 +80,13 @@ class Generator {
   // compute): confirms a memory plan. Throws when the device runs out of memory.
   void reserve(int64_t B, int64_t prompt, int64_t gen, int64_t prefill_rows = 0);
   // The device buffer that holds the logits of the last step of the last call, [B, V] (tests).
-  Tensor last_logits() const { return last_logits_; }
+  Tensor last_logits() const { return session_->logits(last_B_); }
 
  private:
-  struct Layout;
-  Tensor scratch(int slot, Shape s, DType t);
-  Layout layout(int64_t B, int64_t prompt_blocks_or_len, int64_t gen, int64_t prefill_rows);
-  void embed_host_ids(Tensor out, const std::vector<int32_t>& ids, Tensor id_buf, Tensor table);
-  // Identifies a replayable step by everything its ops take from the host: kind, shapes,
-  // buffers (epoch_) and the sampling parameters.
-  uint64_t step_key(int kind, const Layout& l, const SampleParams& p) const;
-  GenerateResult generate_block(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o);
-  GenerateResult generate_vanilla(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o);
-
+  Backend& be() { return model_.backend(); }
   Model& model_;
-  Backend& be_;
-  std::unique_ptr<TransformerStack> bd_, td_, dec_;
-  std::vector<Tensor> slots_;  // grow-only device buffers reused across calls
-  uint64_t id_;                // distinguishes this generator's steps from others on the backend
-  uint64_t epoch_ = 0;         // bumped when a buffer moves: captured steps are then stale
-  bool moved_ = false;         // a buffer moved since the last check
-  Tensor last_logits_;
+  std::unique_ptr<DecodeSession> session_;
+  int64_t last_B_ = 1;
 };
 
 // KV-cache bytes one sequence needs for a prompt of `prompt` tokens and `gen` new tokens, with

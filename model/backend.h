@@ -61,9 +61,12 @@ struct RotaryParams {
 struct DecodeState {
   Tensor ids;   // [B] i32 out: each row's new token (what the next embedding reads)
   Tensor hist;  // [B, W] i32 out, may be empty: the token of step s also goes to column s % W
-  Tensor done;  // [B] i32 in/out, may be empty: 1 once a row drew eos_id; it then outputs eos_id
+  Tensor done;  // [B] i32 in/out, may be empty: 1 once a row drew its eos_id; it then outputs eos_id
   Tensor seq;   // [B] i32 the Philox stream of each row: the sequence's own id, not its row
-  Tensor step;  // [1] i32 the token index s (the Philox counter); not advanced by sample_tokens
+  Tensor step;  // [1] or [B] i32 the token index s (the Philox counter) of all rows or of each row;
+                // not advanced by sample_tokens
+  Tensor params = Tensor();  // [B, kSampleParamWords] i32, may be empty: each row's own SampleParams
+                             // (pack_sample_params, model/sampling.h) instead of the call's
 };
 
 // The argument checks of Backend::sample_tokens, the same for every backend: logits [B, V] (or
@@ -72,10 +75,13 @@ inline int64_t check_sample_tokens(const Tensor& logits, const DecodeState& st, 
   const int64_t B = logits.shape.ndim == 2 ? logits.dim(0) : 1;
   const int V = static_cast<int>(logits.dim(-1));
   BT_CHECK(logits.numel() == size_t(B) * V && st.ids.numel() == size_t(B) && st.seq.numel() == size_t(B) &&
-               st.step.numel() == 1 && (st.done.empty() || st.done.numel() == size_t(B)) &&
-               (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)),
+               (st.step.numel() == 1 || st.step.numel() == size_t(B)) &&
+               (st.done.empty() || st.done.numel() == size_t(B)) &&
+               (st.hist.empty() || (st.hist.shape.ndim == 2 && st.hist.dim(0) == B)) &&
+               (st.params.empty() || st.params.numel() == size_t(B) * kSampleParamWords),
            "sample_tokens: logits ", logits.shape.str(), " ids ", st.ids.shape.str(), " seq ", st.seq.shape.str(),
-           " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str());
+           " step ", st.step.shape.str(), " done ", st.done.shape.str(), " hist ", st.hist.shape.str(), " params ",
+           st.params.shape.str());
   BT_CHECK(p.eos_id < V, "sample_tokens: eos id ", p.eos_id, " is not below the vocabulary size ", V);
   return B;
 }
@@ -215,12 +221,17 @@ class Backend {
   // so a backend can replay a step as a graph (run_step).
   //
   // logits [B, V] -> st.ids [B] (and st.hist, st.done) by the rule of model/sampling.h, with the
-  // draw of row b keyed by (p.seed, st.seq[b], st.step[0]). Rows with st.done set output eos_id.
+  // draw of row b keyed by (seed, st.seq[b], s) where s is st.step[0] or st.step[b]. Row b uses p,
+  // or its own parameters st.params[b] when given. Rows with st.done set output their eos_id.
   virtual void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& p) = 0;
-  // c [n] i32 on the device, c[i] += add[i] (n = add.size(), at most 8): decode counters.
+  // Decode counters: c [K, n] i32 on the device (K = add.size(), at most 8; n = c.numel() / K,
+  // e.g. one value per row), c[k, i] += add[k].
   virtual void add_i32(Tensor c, const std::vector<int32_t>& add) = 0;
-  // qkv_rotary_cache / attention_cached with the absolute position in device memory: pos [1] i32,
-  // query t at position pos[0] + t, which must stay below the cache length Tmax.
+  // qkv_rotary_cache / attention_cached with the absolute position in device memory: pos [1] i32
+  // (query t at position pos[0] + t, which must stay below the cache length Tmax), or pos [B]
+  // (row b's query t at pos[b] + t, so that rows at different positions decode together; a row
+  // whose position lies past its cache writes nothing and attends to the whole cache, which a
+  // server uses for its idle rows).
   virtual void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) = 0;
   virtual void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) = 0;
   // Host <-> device traffic so far.

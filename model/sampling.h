@@ -75,6 +75,54 @@ BT_HD uint64_t sample_top_p_mass(double top_p, uint64_t S) {
   return m < 1.0 ? uint64_t(1) : uint64_t(m);
 }
 
+// A row's own SampleParams in device memory (DecodeState::params [B, kSampleParamWords] i32):
+// the greedy flag, top_k, eos_id, then the 64-bit seed and the bits of the doubles temperature
+// and top_p, low word first. A server batches requests with different parameters this way.
+enum SampleParamWord : int {
+  kSpGreedy = 0,
+  kSpTopK = 1,
+  kSpEos = 2,
+  kSpSeed = 3,         // and 4
+  kSpTemperature = 5,  // and 6
+  kSpTopP = 7,         // and 8
+  kSampleParamWords = 10,
+};
+BT_HD uint64_t sample_param_u64(const int32_t* w, int at) {
+  return uint64_t(uint32_t(w[at])) | (uint64_t(uint32_t(w[at + 1])) << 32);
+}
+BT_HD double sample_param_f64(const int32_t* w, int at) {
+  const uint64_t u = sample_param_u64(w, at);
+  double d;
+  memcpy(&d, &u, 8);
+  return d;
+}
+inline void pack_sample_params(const SampleParams& p, int32_t* w) {
+  auto put = [&](int at, uint64_t u) {
+    w[at] = int32_t(uint32_t(u));
+    w[at + 1] = int32_t(uint32_t(u >> 32));
+  };
+  uint64_t t, q;
+  memcpy(&t, &p.temperature, 8);
+  memcpy(&q, &p.top_p, 8);
+  w[kSpGreedy] = p.greedy ? 1 : 0;
+  w[kSpTopK] = p.top_k;
+  w[kSpEos] = p.eos_id;
+  put(kSpSeed, p.seed);
+  put(kSpTemperature, t);
+  put(kSpTopP, q);
+  w[kSampleParamWords - 1] = 0;
+}
+inline SampleParams unpack_sample_params(const int32_t* w) {
+  SampleParams p;
+  p.greedy = w[kSpGreedy] != 0;
+  p.top_k = w[kSpTopK];
+  p.eos_id = w[kSpEos];
+  p.seed = sample_param_u64(w, kSpSeed);
+  p.temperature = sample_param_f64(w, kSpTemperature);
+  p.top_p = sample_param_f64(w, kSpTopP);
+  return p;
+}
+
 // The reference implementation of the rule above (host code): the chosen token of one row.
 int32_t sample_row(const float* logits, int V, const SampleParams& p, uint32_t seq, uint32_t step);
 

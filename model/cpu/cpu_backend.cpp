@@ -249,23 +249,27 @@ class CpuBackend final : public Backend {
   void sample_tokens(Tensor logits, const DecodeState& st, const SampleParams& sp) override {
     const int64_t B = check_sample_tokens(logits, st, sp);
     const int V = static_cast<int>(logits.dim(-1));
-    for (const Tensor* t : {&st.ids, &st.seq, &st.step, &st.done, &st.hist})
-      BT_CHECK(t->empty() || t->dtype == DType::i32, "sample_tokens: ids, seq, step, done and hist are i32");
+    for (const Tensor* t : {&st.ids, &st.seq, &st.step, &st.done, &st.hist, &st.params})
+      BT_CHECK(t->empty() || t->dtype == DType::i32, "sample_tokens: ids, seq, step, done, hist and params are i32");
     const T* x = p(logits);
     int32_t* ids = i32(st.ids);
     int32_t* done = st.done.empty() ? nullptr : i32(st.done);
     int32_t* hist = st.hist.empty() ? nullptr : i32(st.hist);
     const int32_t* seq = i32(st.seq);
-    const int32_t step = *i32(st.step);
+    const int32_t* steps = i32(st.step);
+    const int64_t step_stride = st.step.numel() == 1 ? 0 : 1;
+    const int32_t* params = st.params.empty() ? nullptr : i32(st.params);
     const int64_t W = hist ? st.hist.dim(1) : 1;
 #pragma omp parallel if (B >= 4 && size_t(B) * V >= (size_t(1) << 15))
     {
       std::vector<float> row(std::is_same_v<T, float> ? 0 : V);
 #pragma omp for schedule(dynamic)
       for (int64_t b = 0; b < B; ++b) {
+        const SampleParams rp = params ? unpack_sample_params(params + b * kSampleParamWords) : sp;
+        const int32_t step = steps[b * step_stride];
         int32_t id;
         if (done && done[b]) {
-          id = sp.eos_id;
+          id = rp.eos_id;
         } else {
           const float* r = nullptr;
           if constexpr (std::is_same_v<T, float>) {
@@ -274,8 +278,8 @@ class CpuBackend final : public Backend {
             for (int i = 0; i < V; ++i) row[i] = static_cast<float>(x[b * V + i]);
             r = row.data();
           }
-          id = sample_row(r, V, sp, static_cast<uint32_t>(seq[b]), static_cast<uint32_t>(step));
-          if (done && sp.eos_id >= 0 && id == sp.eos_id) done[b] = 1;
+          id = sample_row(r, V, rp, static_cast<uint32_t>(seq[b]), static_cast<uint32_t>(step));
+          if (done && rp.eos_id >= 0 && id == rp.eos_id) done[b] = 1;
         }
         ids[b] = id;
         if (hist) hist[b * W + step % W] = id;
@@ -283,16 +287,33 @@ class CpuBackend final : public Backend {
     }
   }
   void add_i32(Tensor c, const std::vector<int32_t>& add) override {
-    BT_CHECK(c.numel() == add.size() && add.size() <= 8, "add_i32: ", add.size(), " values for a tensor ",
-             c.shape.str());
+    BT_CHECK(!add.empty() && add.size() <= 8 && c.numel() % add.size() == 0, "add_i32: ", add.size(),
+             " values for a tensor ", c.shape.str());
     int32_t* x = i32(c);
-    for (size_t i = 0; i < add.size(); ++i) x[i] += add[i];
+    const size_t n = c.numel() / add.size();
+    for (size_t k = 0; k < add.size(); ++k)
+      for (size_t i = 0; i < n; ++i) x[k * n + i] += add[k];
   }
   void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) override {
-    qkv_rotary_cache(q, kc, vc, qkv, position(pos, "qkv_rotary_cache_at"), rope);
+    if (pos.numel() == 1) return qkv_rotary_cache(q, kc, vc, qkv, position(pos, "qkv_rotary_cache_at"), rope);
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(kc.shape == vc.shape && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 qkv.numel() == 3 * q.numel() && pos.numel() == size_t(B),
+             "qkv_rotary_cache_at: q ", q.shape.str(), " kc ", kc.shape.str(), " vc ", vc.shape.str(), " qkv ",
+             qkv.shape.str(), " pos ", pos.shape.str());
+    cpu::qkv_rotary_cache(p(q), p(kc), p(vc), p(qkv), B, (int)Tn, (int)H, (int)hd, (int)Tmax, 0, rope.rd, rope.base,
+                          i32(pos));
   }
   void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) override {
-    attention_cached(out, q, kc, vc, start, position(pos, "attention_cached_at"));
+    if (pos.numel() == 1) return attention_cached(out, q, kc, vc, start, position(pos, "attention_cached_at"));
+    const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
+    BT_CHECK(kc.shape == vc.shape && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
+                 out.numel() == q.numel() && (start.empty() || start.numel() == static_cast<size_t>(B)) &&
+                 pos.numel() == size_t(B),
+             "attention_cached_at: out ", out.shape.str(), " q ", q.shape.str(), " kc ", kc.shape.str(), " start ",
+             start.shape.str(), " pos ", pos.shape.str());
+    cpu::attention_cached(p(out), p(q), p(kc), p(vc), start.empty() ? nullptr : start.ptr<int32_t>(), B, (int)Tn,
+                          (int)H, (int)hd, (int)Tmax, 0, i32(pos));
   }
   TransferStats transfers() const override { return stats_; }
 
@@ -309,7 +330,7 @@ class CpuBackend final : public Backend {
     return t.ptr<int32_t>();
   }
   static int64_t position(const Tensor& pos, const char* op) {
-    BT_CHECK(pos.numel() == 1, op, ": pos must be one i32 on the device, not ", pos.shape.str());
+    BT_CHECK(pos.numel() == 1, op, ": pos must be one i32 per call or per row on the device, not ", pos.shape.str());
     return *i32(pos);
   }
   static T* p(const Tensor& t) {

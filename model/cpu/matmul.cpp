@@ -19,13 +19,15 @@
 
 #include <algorithm>
 
+#include "model/cpu/cpu_backend.h"
 #include "model/cpu/ops.h"
 
 namespace bt::cpu {
 
+constexpr int kTileM = 256;  // output rows per GEMM task (halved down to 32 for small outputs)
+
 namespace {
 
-constexpr int kTileM = 256;    // output rows per GEMM task (halved down to 32 for small outputs)
 constexpr int kTileN = 256;    // output columns per GEMM task
 constexpr int kMinTiles = 8;   // enough tasks to balance a few threads
 constexpr int kColBlock = 64;  // columns per thread-owned block of the dbias reduction
@@ -116,3 +118,20 @@ template void matmul_backward<double>(double*, double*, double*, const double*, 
                                       int, int);
 
 }  // namespace bt::cpu
+
+namespace bt {
+
+// The row tiles of gemm are 32, 64, 128 or 256 high (kTileM halved): each either holds all of
+// such a batch or divides it.
+int64_t cpu_uniform_batch(int64_t n) {
+  static_assert(cpu::kTileM == 256, "cpu_uniform_batch assumes row tiles of 32 .. 256 (powers of two)");
+  if (n <= 32) return std::max<int64_t>(1, n);
+  if (n <= cpu::kTileM) {
+    int64_t p = 64;
+    while (p < n) p *= 2;
+    return p;
+  }
+  return (n + cpu::kTileM - 1) / cpu::kTileM * cpu::kTileM;
+}
+
+}  // namespace bt

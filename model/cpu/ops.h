@@ -79,13 +79,16 @@ void cross_entropy(T* losses, T* dlogits, const T* logits, const int32_t* target
 // qkv [B, T, H, 3, hd] for absolute positions pos0 .. pos0+T-1 -> q [B, H, T, hd] with rotary at
 // those positions (the same cos/sin as qkv_rotary_forward at that position), and k (rotary), v
 // written into kc, vc [B, H, Tmax, hd] at positions pos0 .. pos0+T-1.
+// row_pos [B] (may be null): row b's positions start at row_pos[b] instead of pos0; a position
+// outside the cache writes nothing (as the CUDA kernel does with device positions).
 template <class T>
 void qkv_rotary_cache(T* q, T* kc, T* vc, const T* qkv, size_t B, int Tn, int H, int hd, int Tmax, int64_t pos0,
-                      int rd, double base);
+                      int rd, double base, const int32_t* row_pos = nullptr);
 // out [B, T, H * hd]: query t (position pos0 + t) attends to cache positions start[b] .. pos0 + t;
-// start [B] may be null (0). A query with no visible key gets zeros.
+// start [B] may be null (0). A query with no visible key gets zeros. row_pos [B] (may be null):
+// row b's query t is at row_pos[b] + t instead, clamped to the cache.
 template <class T>
 void attention_cached(T* out, const T* q, const T* kc, const T* vc, const int32_t* start, size_t B, int Tn, int H,
-                      int hd, int Tmax, int64_t pos0);
+                      int hd, int Tmax, int64_t pos0, const int32_t* row_pos = nullptr);
 
 }  // namespace bt::cpu

@@ -46,10 +46,10 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 
 template <class T>
 __global__ void attention_cached_kernel(T* out, const T* q, const T* kc, const T* vc, const int32_t* start, int H,
-                                        int Tn, int hd, int64_t pos0, const int32_t* dpos, int64_t Tmax,
-                                        float scale) {
+                                        int Tn, int hd, int64_t pos0, const int32_t* dpos, int dpos_stride,
+                                        int64_t Tmax, float scale) {
   // out [B, T, H * hd]; q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]. One block per (b, h, t).
-  // Query t is at position pos0 (+ dpos[0] when dpos is given) + t.
+  // Query t is at position pos0 (+ dpos[b * dpos_stride] when dpos is given) + t.
   BT_EXTERN_SHARED(float, smem);
   __shared__ float red[kWarp];
   const size_t idx = blockIdx.x;
@@ -60,7 +60,7 @@ __global__ void attention_cached_kernel(T* out, const T* q, const T* kc, const T
   float* sc = smem + hd;   // [keys] scores, then probabilities
   // keys first .. last; a negative start means no padding (as on the CPU: max(0, start[b]))
   const int64_t first = start ? max(int64_t(0), int64_t(start[b])) : int64_t(0),
-                last = min(Tmax - 1, pos0 + (dpos ? int64_t(*dpos) : int64_t(0)) + t);
+                last = min(Tmax - 1, pos0 + (dpos ? int64_t(dpos[size_t(b) * dpos_stride]) : int64_t(0)) + t);
   const int64_t nk = last >= first ? last - first + 1 : 0;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = to_f(q[(bh * Tn + t) * hd + d]);
   __syncthreads();
@@ -197,7 +197,8 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dout, const vo
 }
 
 void attention_cached(void* out, const void* q, const void* kc, const void* vc, const int32_t* start, int B, int H,
-                      int T, int hd, int64_t pos0, int64_t Tmax, DType t, cudaStream_t stream, const int32_t* dpos) {
+                      int T, int hd, int64_t pos0, int64_t Tmax, DType t, cudaStream_t stream, const int32_t* dpos,
+                      int dpos_stride) {
   if (size_t(B) * H * T * hd == 0) return;
   const int64_t keys = dpos ? Tmax : pos0 + T;  // a position on the device may be anywhere in the cache
   const size_t smem = (size_t(hd) + size_t(keys)) * sizeof(float);
@@ -208,7 +209,7 @@ void attention_cached(void* out, const void* q, const void* kc, const void* vc, 
   BT_DISPATCH_ACT(t, X,
                   BT_LAUNCH(grid, 128, smem, stream, attention_cached_kernel<X>)(
                       static_cast<X*>(out), static_cast<const X*>(q), static_cast<const X*>(kc),
-                      static_cast<const X*>(vc), start, H, T, hd, pos0, dpos, Tmax, scale));
+                      static_cast<const X*>(vc), start, H, T, hd, pos0, dpos, dpos_stride, Tmax, scale));
   BT_KERNEL_CHECK("attention_cached_kernel");
 }
 

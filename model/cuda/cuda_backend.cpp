@@ -490,29 +490,34 @@ class CudaBackend final : public Backend {
     cuda::sample_tokens(dev(logits, "sample_tokens"), int(B), V, act_,
                         const_cast<int32_t*>(ids(st.ids, "sample_tokens ids")), hist,
                         hist ? int(st.hist.dim(1)) : 1, done, ids(st.seq, "sample_tokens seq"),
-                        ids(st.step, "sample_tokens step"), p, stream_);
+                        ids(st.step, "sample_tokens step"), st.step.numel() == 1 ? 0 : 1,
+                        st.params.empty() ? nullptr : ids(st.params, "sample_tokens params"), p, stream_);
   }
   void add_i32(Tensor c, const std::vector<int32_t>& add) override {
-    BT_CHECK(c.numel() == add.size() && add.size() <= 8, "add_i32: ", add.size(), " values for a tensor ",
-             c.shape.str());
-    cuda::add_i32(const_cast<int32_t*>(ids(c, "add_i32")), add.data(), int(add.size()), stream_);
+    BT_CHECK(!add.empty() && add.size() <= 8 && c.numel() % add.size() == 0, "add_i32: ", add.size(),
+             " values for a tensor ", c.shape.str());
+    cuda::add_i32(const_cast<int32_t*>(ids(c, "add_i32")), add.data(), int(add.size()),
+                  int64_t(c.numel() / add.size()), stream_);
   }
   void qkv_rotary_cache_at(Tensor q, Tensor kc, Tensor vc, Tensor qkv, Tensor pos, RotaryParams rope) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
     BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
-                 vc.shape == kc.shape && qkv.numel() == 3 * q.numel() && pos.numel() == 1 && Tn <= Tmax,
+                 vc.shape == kc.shape && qkv.numel() == 3 * q.numel() &&
+                 (pos.numel() == 1 || pos.numel() == size_t(B)) && Tn <= Tmax,
              "qkv_rotary_cache_at: q ", q.shape.str(), " kc ", kc.shape.str(), " qkv ", qkv.shape.str(), " pos ",
              pos.shape.str());
     for (const Tensor* t : {&q, &kc, &vc, &qkv}) act(*t, "qkv_rotary_cache_at");
     const Rope r = rope_table(rope, int(hd), Tmax);  // any position of the cache
     for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "qkv_rotary_cache_at");
     cuda::qkv_rotary_cache(q.data, kc.data, vc.data, dev(qkv, "qkv_rotary_cache_at"), int(B), int(Tn), int(H),
-                           int(hd), rope.rd, 0, Tmax, r.cos, r.sin, act_, stream_, ids(pos, "qkv_rotary_cache_at pos"));
+                           int(hd), rope.rd, 0, Tmax, r.cos, r.sin, act_, stream_, ids(pos, "qkv_rotary_cache_at pos"),
+                           pos.numel() == 1 ? 0 : 1);
   }
   void attention_cached_at(Tensor out, Tensor q, Tensor kc, Tensor vc, Tensor start, Tensor pos) override {
     const auto B = q.dim(0), H = q.dim(1), Tn = q.dim(2), hd = q.dim(3), Tmax = kc.dim(2);
     BT_CHECK(q.shape.ndim == 4 && kc.shape.ndim == 4 && kc.dim(0) == B && kc.dim(1) == H && kc.dim(3) == hd &&
-                 vc.shape == kc.shape && out.numel() == q.numel() && Tn <= Tmax && pos.numel() == 1 &&
+                 vc.shape == kc.shape && out.numel() == q.numel() && Tn <= Tmax &&
+                 (pos.numel() == 1 || pos.numel() == size_t(B)) &&
                  (start.empty() || start.numel() == size_t(B)),
              "attention_cached_at: q ", q.shape.str(), " kc ", kc.shape.str(), " out ", out.shape.str(), " pos ",
              pos.shape.str());
@@ -520,7 +525,7 @@ class CudaBackend final : public Backend {
     const int32_t* st = start.empty() ? nullptr : ids(start, "attention_cached_at start");
     for (const Tensor* t : {&q, &kc, &vc}) dev(*t, "attention_cached_at");
     cuda::attention_cached(dev(out, "attention_cached_at"), q.data, kc.data, vc.data, st, int(B), int(H), int(Tn),
-                           int(hd), 0, Tmax, act_, stream_, ids(pos, "attention_cached_at pos"));
+                           int(hd), 0, Tmax, act_, stream_, ids(pos, "attention_cached_at pos"), pos.numel() == 1 ? 0 : 1);
   }
   TransferStats transfers() const override { return stats_; }
 

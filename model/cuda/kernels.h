@@ -66,11 +66,12 @@ void qkv_rotary_backward(void* dqkv, const void* dq, const void* dk, const void*
                          cudaStream_t stream);
 // qkv [B, T, H, 3, hd] at positions pos0.. -> q [B, H, T, hd] (rotary), kc, vc [B, H, Tmax, hd]
 // written at pos0 .. pos0 + T - 1 (rotary on k).
-// dpos (device, may be null): positions start at pos0 + dpos[0] instead (cache writes past Tmax
-// are skipped; the cos/sin tables must cover Tmax positions).
+// dpos (device, may be null): row b's positions start at pos0 + dpos[b * dpos_stride] instead
+// (stride 0: one position for all rows; cache writes past Tmax are skipped; the cos/sin tables
+// must cover Tmax positions).
 void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T, int H, int hd, int rd,
                       int64_t pos0, int64_t Tmax, const float* cos_t, const float* sin_t, DType t,
-                      cudaStream_t stream, const int32_t* dpos = nullptr);
+                      cudaStream_t stream, const int32_t* dpos = nullptr, int dpos_stride = 0);
 
 // ---- attention.cu (+ attention_small.cu, attention_flash_hd*.cu) -------------------------------
 // q, k, v [B, H, T, hd] -> out [B, T, H * hd], lse [B, H, T] f32 (log-sum-exp of the scaled
@@ -87,10 +88,11 @@ void attention_backward(void* dq, void* dk, void* dv, const void* dout, const vo
                         cudaStream_t stream);
 // out [B, T, H * hd]: query t (position pos0 + t) over cache positions start[b] .. pos0 + t.
 // start [B] i32 or null (0). kc, vc [B, H, Tmax, hd].
-// dpos (device, may be null): query t is at pos0 + dpos[0] + t (clamped to the cache).
+// dpos (device, may be null): row b's query t is at pos0 + dpos[b * dpos_stride] + t (clamped to
+// the cache; stride 0: one position for all rows).
 void attention_cached(void* out, const void* q, const void* kc, const void* vc, const int32_t* start, int B, int H,
                       int T, int hd, int64_t pos0, int64_t Tmax, DType t, cudaStream_t stream,
-                      const int32_t* dpos = nullptr);
+                      const int32_t* dpos = nullptr, int dpos_stride = 0);
 // Raises the dynamic shared-memory limits of the attention kernels (once per device).
 void attention_setup(int device);
 
@@ -136,13 +138,15 @@ void adamw_update(void* param, DType param_t, float* master, const float* grad, 
                   const AdamWArgs& a, cudaStream_t stream);
 
 // ---- sample.cu (decoding; model/sampling.h) ----------------------------------------------------
-// logits [B, V] -> ids [B] i32, hist [B, W] i32 column step % W (may be null), done [B] i32 (may
+// logits [B, V] -> ids [B] i32, hist [B, W] i32 column s % W (may be null), done [B] i32 (may
 // be null; rows already done output eos_id) by the rule of model/sampling.h, row b's draw keyed by
-// (p.seed, seq[b], step[0]). One block per row.
+// (seed, seq[b], s) with s = step[b * step_stride] (stride 0: one index for all rows). params
+// [B, kSampleParamWords] (may be null): row b's own parameters instead of p. One block per row.
 void sample_tokens(const void* logits, int B, int V, DType t, int32_t* ids, int32_t* hist, int W, int32_t* done,
-                   const int32_t* seq, const int32_t* step, const SampleParams& p, cudaStream_t stream);
-// c [n] i32 (device) += add[0..n) (host values, n <= 8).
-void add_i32(int32_t* c, const int32_t* add, int n, cudaStream_t stream);
+                   const int32_t* seq, const int32_t* step, int step_stride, const int32_t* params,
+                   const SampleParams& p, cudaStream_t stream);
+// c [K, n] i32 (device): c[k, i] += add[k] (K host values, K <= 8).
+void add_i32(int32_t* c, const int32_t* add, int K, int64_t n, cudaStream_t stream);
 
 // ---- device.cu ---------------------------------------------------------------------------------
 // Launches a one-thread kernel and reads its result back: true when kernels run on this device.

@@ -93,11 +93,11 @@ __global__ void qkv_rotary_backward_kernel(T* dqkv, const T* dq, const T* dk, co
 
 template <class T>
 __global__ void qkv_rotary_cache_kernel(T* q, T* kc, T* vc, const T* qkv, RopeDims p, int64_t pos0,
-                                        const int32_t* dpos, int64_t Tmax, const float* cos_t, const float* sin_t) {
-  // q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]; qkv [B, T, H, 3, hd]; positions pos0 (+ dpos[0]) + t
+                                        const int32_t* dpos, int dpos_stride, int64_t Tmax, const float* cos_t,
+                                        const float* sin_t) {
+  // q [B, H, T, hd]; kc, vc [B, H, Tmax, hd]; qkv [B, T, H, 3, hd]; positions pos0 (+ dpos[b * stride]) + t
   const size_t total = size_t(p.B) * p.T * p.H * p.hd;
   const int half = p.rd / 2;
-  const int64_t base = pos0 + (dpos ? int64_t(*dpos) : int64_t(0));
   for (size_t e = blockIdx.x * size_t(blockDim.x) + threadIdx.x; e < total; e += size_t(gridDim.x) * blockDim.x) {
     const int d = int(e % p.hd);
     const size_t r = e / p.hd;
@@ -105,7 +105,7 @@ __global__ void qkv_rotary_cache_kernel(T* q, T* kc, T* vc, const T* qkv, RopeDi
     const size_t bt = r / p.H;
     const int t = int(bt % p.T);
     const size_t b = bt / p.T;
-    const int64_t pos = base + t;
+    const int64_t pos = pos0 + (dpos ? int64_t(dpos[b * dpos_stride]) : int64_t(0)) + t;
     if (pos < 0 || pos >= Tmax) continue;  // a device position past the cache (the host checks its own)
     const T* src = qkv + r * 3 * p.hd;
     q[((b * p.H + h) * p.T + t) * p.hd + d] = from_f<T>(rotate(src, d, half, p.rd, cos_t, sin_t, pos));
@@ -144,14 +144,14 @@ void qkv_rotary_backward(void* dqkv, const void* dq, const void* dk, const void*
 
 void qkv_rotary_cache(void* q, void* kc, void* vc, const void* qkv, int B, int T, int H, int hd, int rd,
                       int64_t pos0, int64_t Tmax, const float* cos_t, const float* sin_t, DType t,
-                      cudaStream_t stream, const int32_t* dpos) {
+                      cudaStream_t stream, const int32_t* dpos, int dpos_stride) {
   const size_t total = size_t(B) * T * H * hd;
   if (total == 0) return;
   const RopeDims p{B, T, H, hd, rd};
   BT_DISPATCH_ACT(t, X,
                   BT_LAUNCH(elementwise_grid(total), 256, 0, stream, qkv_rotary_cache_kernel<X>)(
                       static_cast<X*>(q), static_cast<X*>(kc), static_cast<X*>(vc), static_cast<const X*>(qkv), p,
-                      pos0, dpos, Tmax, cos_t, sin_t));
+                      pos0, dpos, dpos_stride, Tmax, cos_t, sin_t));
   BT_KERNEL_CHECK("qkv_rotary_cache_kernel");
 }
 

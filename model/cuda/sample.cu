@@ -88,8 +88,8 @@ __device__ void radix_choose(const U* hist, U above, U target, uint32_t* digit, 
 
 template <class T>
 __global__ void __launch_bounds__(kMaxThreads)
-    sample_kernel(const T* logits, SampleArgs a, int32_t* ids, int32_t* hist, int32_t* done, const int32_t* seq,
-                  const int32_t* step) {
+    sample_kernel(const T* logits, SampleArgs args, int32_t* ids, int32_t* hist, int32_t* done, const int32_t* seq,
+                  const int32_t* step, int step_stride, const int32_t* params) {
   __shared__ u64 hmass[256];
   __shared__ unsigned hcount[256];
   __shared__ u64 scan64[kMaxWarps];
@@ -105,8 +105,18 @@ __global__ void __launch_bounds__(kMaxThreads)
   // scans in index order.
   const int b = blockIdx.x, tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
   const int nthreads = blockDim.x, nwarps = nthreads / kWarp;
+  SampleArgs a = args;
+  if (params) {  // this row's own parameters (model/sampling.h, pack_sample_params)
+    const int32_t* w = params + size_t(b) * kSampleParamWords;
+    a.top_k = w[kSpTopK];
+    a.eos_id = w[kSpEos];
+    a.seed = sample_param_u64(w, kSpSeed);
+    a.temperature = sample_param_f64(w, kSpTemperature);
+    a.top_p = sample_param_f64(w, kSpTopP);
+    a.greedy = w[kSpGreedy] != 0 || a.temperature <= 0;
+  }
   const int V = a.V;
-  const int32_t s = *step;
+  const int32_t s = step[size_t(b) * step_stride];
   const T* x = logits + size_t(b) * V;
   auto finish = [&](int32_t id) {
     ids[b] = id;
@@ -284,15 +294,18 @@ struct Adds {
   int n;
 };
 
-__global__ void add_i32_kernel(int32_t* c, Adds a) {
-  const int i = threadIdx.x;
-  if (i < a.n) c[i] += a.v[i];
+__global__ void add_i32_kernel(int32_t* c, Adds a, int64_t n) {
+  // c [a.n, n]: row k += a.v[k]
+  const int64_t total = a.n * n;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
+    c[e] += a.v[e / n];
 }
 
 }  // namespace
 
 void sample_tokens(const void* logits, int B, int V, DType t, int32_t* ids, int32_t* hist, int W, int32_t* done,
-                   const int32_t* seq, const int32_t* step, const SampleParams& p, cudaStream_t stream) {
+                   const int32_t* seq, const int32_t* step, int step_stride, const int32_t* params,
+                   const SampleParams& p, cudaStream_t stream) {
   if (B == 0) return;
   SampleArgs a;
   a.V = V;
@@ -308,17 +321,19 @@ void sample_tokens(const void* logits, int B, int V, DType t, int32_t* ids, int3
   const int threads = int(std::min<int64_t>(kMaxThreads, std::max<int64_t>(kWarp, ceil_div(ceil_div(V, 8), kWarp) * kWarp)));
   BT_DISPATCH_ACT(t, X,
                   BT_LAUNCH(unsigned(B), threads, 0, stream, sample_kernel<X>)(
-                      static_cast<const X*>(logits), a, ids, hist, done, seq, step));
+                      static_cast<const X*>(logits), a, ids, hist, done, seq, step, step_stride, params));
   BT_KERNEL_CHECK("sample_kernel");
 }
 
-void add_i32(int32_t* c, const int32_t* add, int n, cudaStream_t stream) {
-  BT_CHECK(n >= 0 && n <= 8, "add_i32: at most 8 counters, not ", n);
-  if (n == 0) return;
+void add_i32(int32_t* c, const int32_t* add, int K, int64_t n, cudaStream_t stream) {
+  BT_CHECK(K >= 0 && K <= 8 && n >= 0, "add_i32: at most 8 counters, not ", K);
+  if (K == 0 || n == 0) return;
   Adds a{};
-  for (int i = 0; i < n; ++i) a.v[i] = add[i];
-  a.n = n;
-  BT_LAUNCH(1, kWarp, 0, stream, add_i32_kernel)(c, a);
+  for (int i = 0; i < K; ++i) a.v[i] = add[i];
+  a.n = K;
+  const int64_t total = K * n;
+  const unsigned blocks = unsigned(std::min<int64_t>(1024, (total + 255) / 256));
+  BT_LAUNCH(blocks, total < 256 ? kWarp * int((total + kWarp - 1) / kWarp) : 256, 0, stream, add_i32_kernel)(c, a, n);
   BT_KERNEL_CHECK("add_i32_kernel");
 }
 

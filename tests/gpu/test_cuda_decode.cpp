@@ -157,6 +157,70 @@ void compare_sampling(const Mode& mode, int B, int V) {
                                         << " [" << mode.precision << "]";
     }
   }
+  // Every row with its own parameters and token index (a server's batch): the same as the CPU.
+  std::vector<int32_t> words(size_t(B) * kSampleParamWords), steps(B);
+  for (int b = 0; b < B; ++b) {
+    SampleParams p = params[b % params.size()];
+    p.seed = 7 * b + 1;
+    p.eos_id = b % 2 ? 3 : -1;
+    pack_sample_params(p, words.data() + size_t(b) * kSampleParamWords);
+    steps[b] = 3 * b + (b % 4);
+  }
+  std::vector<std::vector<int32_t>> out[2];
+  Backend* bes[2] = {gpu.get(), cpu.get()};
+  for (int k = 0; k < 2; ++k) {
+    Backend& be = *bes[k];
+    Tensor tl = put(be, {B, V}, lg, be.act_dtype());
+    Tensor ids = be.alloc({B}, DType::i32), hist = put_ids(be, {B, W}, std::vector<int32_t>(B * W, -7));
+    Tensor dn = put_ids(be, {B}, done), sq = put_ids(be, {B}, seq), st = put_ids(be, {B}, steps);
+    Tensor pw = put_ids(be, {B, kSampleParamWords}, words);
+    be.sample_tokens(tl, DecodeState{ids, hist, dn, sq, st, pw}, SampleParams{});
+    for (Tensor t : {ids, hist, dn}) {
+      std::vector<int32_t> h(t.numel());
+      be.download(h.data(), DType::i32, t);
+      out[k].push_back(h);
+    }
+  }
+  for (int j = 0; j < 3; ++j)
+    EXPECT_EQ(out[0][j], out[1][j]) << "per-row parameters and steps, output " << j << ", V " << V << " ["
+                                    << mode.precision << "]";
+}
+
+// Rows at their own positions (pos [B]) on the device and on the CPU: the same caches and
+// outputs; a row parked past its cache writes nothing; counters [K, n] advance per row.
+TEST_P(CudaDecode, RowsAtTheirOwnPositionsMatchCpu) {
+  const Mode mode = GetParam();
+  auto gpu = make_gpu(mode);
+  auto cpu = make_cpu();
+  const int64_t B = 4, H = 2, hd = 16, Tmax = 11;
+  const RotaryParams rope{8, 10000};
+  const std::vector<int32_t> pos = {4, 0, 10, 11}, start = {1, 0, 3, 0};
+  const auto hk = random_vec(B * H * Tmax * hd, 31, 1.0, mode.bf16()), hv = random_vec(B * H * Tmax * hd, 32, 1.0, mode.bf16());
+  const auto hqkv = random_vec(B * 3 * H * hd, 33, 1.0, mode.bf16());
+  std::vector<double> k_out[2], o_out[2];
+  Backend* bes[2] = {gpu.get(), cpu.get()};
+  for (int i = 0; i < 2; ++i) {
+    Backend& be = *bes[i];
+    Tensor kc = put(be, {B, H, Tmax, hd}, hk, be.act_dtype()), vc = put(be, {B, H, Tmax, hd}, hv, be.act_dtype());
+    Tensor qkv = put(be, {B, 1, 3 * H * hd}, hqkv, be.act_dtype());
+    Tensor q = be.alloc({B, H, 1, hd}, be.act_dtype()), out = be.alloc({B, 1, H * hd}, be.act_dtype());
+    Tensor dp = put_ids(be, {B}, pos), ds = put_ids(be, {B}, start);
+    be.qkv_rotary_cache_at(q, kc, vc, qkv, dp, rope);
+    be.attention_cached_at(out, q, kc, vc, ds, dp);
+    k_out[i] = get(be, kc);
+    o_out[i] = get(be, out);
+    o_out[i].resize(3 * H * hd);  // the parked row's output means nothing (its query was not written)
+  }
+  const bool bf = mode.bf16();
+  expect_close(k_out[0], k_out[1], bf ? Tol{1.0 / 256, 1.0 / 256} : Tol{1e-5, 1e-6}, "per-row qkv_rotary_cache_at");
+  expect_close(o_out[0], o_out[1], bf ? Tol{1.0 / 64, 1.0 / 128} : Tol{1e-4, 1e-5}, "per-row attention_cached_at");
+  const size_t row = H * Tmax * hd;
+  for (size_t e = 3 * row; e < 4 * row; ++e) ASSERT_EQ(k_out[0][e], double(hk[e])) << "the parked row's cache moved";
+  Tensor c = put_ids(*gpu, {2, 3}, {0, 1, 2, 10, 11, 12});
+  gpu->add_i32(c, {5, -1});
+  std::vector<int32_t> h(6);
+  gpu->download(h.data(), DType::i32, c);
+  EXPECT_EQ(h, (std::vector<int32_t>{5, 6, 7, 9, 10, 11}));
 }
 
 TEST_P(CudaDecode, SampleTokensMatchesCpu) {
