@@ -14,4 +14,5 @@ void add_tokenize_command(CLI::App& app);  // data/cmd_tokenize.cpp
 void add_generate_command(CLI::App& app);  // infer/cmd_generate.cpp
 void add_eval_command(CLI::App& app);      // infer/cmd_eval.cpp
 void add_bench_command(CLI::App& app);     // bench/cmd_bench.cpp
+void add_sweep_command(CLI::App& app);     // train/cmd_sweep.cpp
 }  // namespace bt

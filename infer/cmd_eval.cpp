@@ -233,7 +233,9 @@ void eval_by_position(const EvalArgs& a) {
   const int B = a.batch_size > 0 ? a.batch_size : std::max(1, im.config.train.micro_batch);
   load_inference_weights(im, B);
   const int64_t max_windows = int64_t(a.batches) * B;
-  const nlohmann::json j = position_json(loss_by_position(*im.model, glob, B, max_windows), a.by_position);
+  nlohmann::json j = position_json(loss_by_position(*im.model, glob, B, max_windows), a.by_position);
+  j["checkpoint"] = im.dir.empty() ? im.weights : im.dir;
+  j["data"] = glob;
   if (!a.task.output.empty()) {
     const std::filesystem::path out = a.task.output;
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   bt::add_generate_command(app);
   bt::add_eval_command(app);
   bt::add_bench_command(app);
+  bt::add_sweep_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
