@@ -13,7 +13,7 @@
 #include "model/cuda/check.h"
 
 // BT_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<grid, block, smem, stream>>>(args...);
-// in the SIMT emulator build (model/cuda/simt) it runs the kernel on the CPU.
+// in the SIMT emulator build (simt/) it runs the kernel on the CPU.
 // BT_EXTERN_SHARED(float, smem) declares the dynamic shared memory of a kernel, 128-byte aligned
 // (WMMA pointers must be 32-byte aligned).
 #ifdef BT_SIMT

@@ -1,4 +1,4 @@
-// The SIMT emulator itself (model/cuda/simt): thread and block indices, warp shuffles, block
+// The SIMT emulator itself (simt/): thread and block indices, warp shuffles, block
 // reductions, and that what a GPU would get wrong or leave undefined shows here too: a
 // missing __syncthreads gives wrong results, divergent barriers and collectives are reported
 // as launch failures, and bad launch configurations fail as on the device. Stream capture:

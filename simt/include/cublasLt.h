@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): the part of cuBLASLt that model/cuda/cublaslt.cpp uses, with
+// SIMT emulator (simt/): the part of cuBLASLt that model/cuda/cublaslt.cpp uses, with
 // the library's documented semantics, so that the wrapper (descriptors, layouts, epilogues, the
 // plan cache and its fallbacks) runs in the emulator build. Column-major D = alpha op(A) op(B)
 // + beta C (+ bias[m] broadcast over columns with CUBLASLT_EPILOGUE_BIAS), fp32 accumulation.

@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): the nvcuda::wmma API of CUDA's mma.h for bf16 16x16x16
+// SIMT emulator (simt/): the nvcuda::wmma API of CUDA's mma.h for bf16 16x16x16
 // tiles with fp32 accumulators. A fragment holds the whole tile in every lane (num_elements is
 // the tile size, not the GPU's per-lane share), so element-wise loops over x[] stay correct;
 // code that assumes the GPU's element-to-lane mapping does not compile to the same result and

@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): the NCCL calls of train/comm_nccl.cpp, carried out with MPI
+// SIMT emulator (simt/): the NCCL calls of train/comm_nccl.cpp, carried out with MPI
 // on the emulated device memory (host memory), so that data parallelism on the CUDA backend,
 // the NCCL communicator included, runs under mpirun without GPUs. Collectives complete before
 // they return (the streams of the emulator are already complete); sums of bf16 are done in

@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): runs CUDA kernels, compiled as C++, on the CPU with the
+// SIMT emulator (simt/): runs CUDA kernels, compiled as C++, on the CPU with the
 // execution model they are written for. Each thread block runs as one fiber per CUDA thread on
 // the calling host thread; blocks run one after another. __syncthreads is a real barrier over
 // the block's live threads (exited threads count as arrived, as on the GPU), warp shuffles and

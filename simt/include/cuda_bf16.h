@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): the bf16 type and conversions of CUDA's cuda_bf16.h, for the
+// SIMT emulator (simt/): the bf16 type and conversions of CUDA's cuda_bf16.h, for the
 // kernels compiled as C++ on the host. Same bits as the GPU: round to nearest even, NaN kept.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// SIMT emulator (model/cuda/simt): the part of CUDA's runtime API and device builtins that the
+// SIMT emulator (simt/): the part of CUDA's runtime API and device builtins that the
 // backend uses, so that model/cuda compiles as C++ with the host compiler and its kernels run on
 // the CPU (docs/cuda.md, "Running the kernels without a GPU"). Device memory is host memory;
 // streams and events are ordering no-ops (every launch runs to completion before it returns,
