@@ -758,3 +758,64 @@ TEST_F(EvalCli, RunEvaluatesEveryCheckpointIntoOneTable) {
 }
 
 }  // namespace
+
+namespace {
+
+// train.eval_tasks: the tasks scored during training (every train.eval_tasks_every steps and at
+// the last) equal bt eval --task on the checkpoint of that step, and go to metrics.jsonl and
+// TensorBoard.
+TEST_F(EvalCli, TasksDuringTrainingEqualBtEvalOnTheCheckpoints) {
+  std::ofstream txt(dir_ / "corpus.txt");
+  for (int d = 0; d < 60; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
+  txt.close();
+  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.2 --no-progress --out " +
+     (dir_ / "data").string());
+  const std::string run_dir = (dir_ / "run").string();
+  const std::string out = ok(
+      "train --config " + src_dir() + "/configs/tiny/block_b4.yaml model.vocab_size=257 model.context_length=32 " +
+      "model.embedder.dim=8 'model.block_decoder={layers: 1, dim: 32, heads: 2}' "
+      "'model.token_decoder={layers: 1, dim: 32, heads: 2, prefix_length: 2}' train.global_batch=4 "
+      "train.micro_batch=4 train.steps=5 train.checkpoint_every=2 train.keep_checkpoints=0 train.eval_batches=1 "
+      "train.device=cpu train.eval_tasks=piqa,lambada_openai train.eval_tasks_every=2 data.task_data=" +
+      task_dir() + " 'data.train=" + (dir_ / "data").string() + "/train-*.h5' 'data.val=" + (dir_ / "data").string() +
+      "/val-*.h5' train.out_dir=" + run_dir);
+  EXPECT_NE(out.find("tasks      2 | lambada_openai acc"), std::string::npos) << out;
+  std::map<int64_t, nlohmann::json> logged;
+  std::ifstream m(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(m, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("eval_tasks")) logged[j["step"].get<int64_t>()] = j["eval_tasks"];
+  }
+  ASSERT_EQ(logged.size(), 3u) << "steps 2, 4 and the last, 5";
+  for (int64_t step : {2, 4, 5}) {
+    ASSERT_TRUE(logged.count(step)) << step;
+    const std::string o = ok("eval --ckpt " + run_dir + "/checkpoints/step_0000000" + std::to_string(step) +
+                             " --task piqa,lambada_openai --task-data " + task_dir() +
+                             " --device cpu --bootstrap-iters 0 --json");
+    const auto r = nlohmann::json::parse(o.substr(o.find('{')))["results"];
+    for (const char* task : {"piqa", "lambada_openai"})
+      for (const auto& [k, v] : r[task].items()) {
+        if (!v.is_number() || k.find("_stderr") != std::string::npos) continue;
+        const std::string metric = k.substr(0, k.find(','));
+        ASSERT_TRUE(logged[step][task].contains(metric)) << step << " " << task << " " << metric;
+        EXPECT_NEAR(logged[step][task][metric].get<double>(), v.get<double>(), 1e-9 * std::abs(v.get<double>()))
+            << "step " << step << " " << task << " " << metric;
+      }
+  }
+  // TensorBoard: one scalar per task metric (the tag's bytes are in the event file).
+  std::string events;
+  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "tensorboard")) {
+    std::ifstream in(e.path(), std::ios::binary);
+    events += std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  for (const char* tag : {"tasks/piqa/acc", "tasks/piqa/acc_norm", "tasks/lambada_openai/perplexity"})
+    EXPECT_NE(events.find(tag), std::string::npos) << tag;
+  // A task name that does not exist stops the run before its first step.
+  auto [rc, msg] = run("train --config " + run_dir + "/config.yaml train.eval_tasks=piqaa train.out_dir=" +
+                       (dir_ / "run2").string());
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("unknown task 'piqaa'"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(dir_ / "run2" / "metrics.jsonl"));
+}
+
+}  // namespace
