@@ -102,6 +102,27 @@ def val_curve(d, point):
     return sorted(vals.items())
 
 
+def finish_axes(ax, xlabel, title, legend=False):
+    """Labels with units, the loss axis, a light grid, readable ticks (and the legend)."""
+    ax.set_xlabel(xlabel, fontsize=FONT)
+    ax.set_ylabel("validation loss (nats/token)", fontsize=FONT)
+    ax.set_title(title, fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=FONT - 2)
+
+
+def save(fig, out, name, title=""):
+    if title:
+        fig.suptitle(title, fontsize=FONT + 1)
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def style(row, i):
     block = row.get("kind") != "vanilla"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -129,19 +150,9 @@ def pareto(d, rows, out, title):
         if xs and max(xs) / max(min(xs), 1e-9) > 8:
             ax.set_xscale("log")
         batch = next((r.get("bench_batch") for r in rows if r.get("bench_batch")), "?")
-        ax.set_xlabel(f"{name} throughput (tokens/s, batch {batch})", fontsize=FONT)
-        ax.set_ylabel("validation loss (nats/token)", fontsize=FONT)
-        ax.set_title(f"{name}: lower right is better", fontsize=FONT)
-        ax.tick_params(labelsize=FONT - 1)
-        ax.grid(True, alpha=0.3)
+        finish_axes(ax, f"{name} throughput (tokens/s, batch {batch})", f"{name}: lower right is better")
         ax.margins(x=0.15, y=0.12)
-    if title:
-        fig.suptitle(title, fontsize=FONT + 1)
-    fig.tight_layout()
-    path = os.path.join(out, "pareto.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out, "pareto.png", title)
 
 
 def curves(d, rows, out, title):
@@ -161,17 +172,9 @@ def curves(d, rows, out, title):
         plt.close(fig)
         print("plot.py: no validation losses in the points' metrics.jsonl: curves.png skipped")
         return None
-    ax.set_xlabel("training tokens" if yaml else "training steps", fontsize=FONT)
-    ax.set_ylabel("validation loss (nats/token)", fontsize=FONT)
-    ax.set_title(title or "validation loss during training", fontsize=FONT)
-    ax.tick_params(labelsize=FONT - 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=FONT - 1)
-    fig.tight_layout()
-    path = os.path.join(out, "curves.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    finish_axes(ax, "training tokens" if yaml else "training steps", title or "validation loss during training",
+                legend=True)
+    return save(fig, out, "curves.png")
 
 
 def by_position(d, rows, out, title):
@@ -203,32 +206,18 @@ def by_position(d, rows, out, title):
             xs = [(b["start"] + b["end"] - 1) / 2 for b in j["buckets"]]
             ax.plot(xs, [b["loss"] for b in j["buckets"]], color=st["color"], marker=st["marker"], markersize=4,
                     label=label_of(d, r), linestyle="--" if r.get("kind") == "vanilla" else "-")
-        ax.set_xlabel(f"position in the window (tokens, buckets of {absolute[0][2]['bucket']})", fontsize=FONT)
-        ax.set_ylabel("validation loss (nats/token)", fontsize=FONT)
-        ax.set_title("loss by absolute position", fontsize=FONT)
-        ax.legend(fontsize=FONT - 2)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=FONT - 1)
+        finish_axes(ax, f"position in the window (tokens, buckets of {absolute[0][2]['bucket']})",
+                    "loss by absolute position", legend=True)
     if in_block:
         ax = axes[0][k]
         for i, r, ys in in_block:
             st = style(r, i)
             ax.plot(range(1, len(ys) + 1), ys, color=st["color"], marker=st["marker"], markersize=5,
                     label=label_of(d, r))
-        ax.set_xlabel("position in the block (1 = first token of a block)", fontsize=FONT)
-        ax.set_ylabel("validation loss (nats/token)", fontsize=FONT)
-        ax.set_title("loss by position in the block", fontsize=FONT)
+        finish_axes(ax, "position in the block (1 = first token of a block)", "loss by position in the block",
+                    legend=True)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=FONT - 2)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=FONT - 1)
-    if title:
-        fig.suptitle(title, fontsize=FONT + 1)
-    fig.tight_layout()
-    path = os.path.join(out, "by_position.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out, "by_position.png", title)
 
 
 def main():

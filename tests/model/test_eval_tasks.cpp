@@ -507,6 +507,16 @@ class EvalCli : public testing::Test {
     EXPECT_EQ(rc, 0) << args << "\n" << out;
     return out;
   }
+  // `docs` short documents tokenized with the byte tokenizer into dir_/data (val_fraction of them
+  // held out); returns that directory.
+  std::string byte_corpus(int docs, double val_fraction) {
+    std::ofstream txt(dir_ / "corpus.txt");
+    for (int d = 0; d < docs; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
+    txt.close();
+    ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction " +
+       std::to_string(val_fraction) + " --no-progress --out " + (dir_ / "data").string());
+    return (dir_ / "data").string();
+  }
   // A checkpoint directory holding the bigram weights of `m`.
   std::string checkpoint(const ModelConfig& m, const std::string& name) {
     Config c;
@@ -605,11 +615,7 @@ TEST_F(EvalCli, BlockContextModesAndBadInput) {
 
 TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
   // 40 short documents of the byte tokenizer: many windows of 64 tokens with a partial last batch.
-  std::ofstream txt(dir_ / "corpus.txt");
-  for (int d = 0; d < 40; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
-  txt.close();
-  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.5 --no-progress --out " +
-     (dir_ / "data").string());
+  byte_corpus(40, 0.5);
   const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
   double first = 0;
   int64_t windows = 0;
@@ -717,11 +723,7 @@ namespace {
 // bt eval --run: every checkpoint of a run in one table, each row equal to bt eval --ckpt of that
 // checkpoint; with --task the task metrics join the row.
 TEST_F(EvalCli, RunEvaluatesEveryCheckpointIntoOneTable) {
-  std::ofstream txt(dir_ / "corpus.txt");
-  for (int d = 0; d < 60; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
-  txt.close();
-  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.2 --no-progress --out " +
-     (dir_ / "data").string());
+  byte_corpus(60, 0.2);
   const std::string run_dir = (dir_ / "run").string();
   ok("train --config " + src_dir() + "/configs/tiny/vanilla.yaml model.vocab_size=257 model.context_length=32 " +
      "'model.decoder={layers: 1, dim: 32, heads: 2}' train.global_batch=4 train.micro_batch=4 train.steps=4 " +
@@ -765,11 +767,7 @@ namespace {
 // the last) equal bt eval --task on the checkpoint of that step, and go to metrics.jsonl and
 // TensorBoard.
 TEST_F(EvalCli, TasksDuringTrainingEqualBtEvalOnTheCheckpoints) {
-  std::ofstream txt(dir_ / "corpus.txt");
-  for (int d = 0; d < 60; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
-  txt.close();
-  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.2 --no-progress --out " +
-     (dir_ / "data").string());
+  byte_corpus(60, 0.2);
   const std::string run_dir = (dir_ / "run").string();
   const std::string out = ok(
       "train --config " + src_dir() + "/configs/tiny/block_b4.yaml model.vocab_size=257 model.context_length=32 " +

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_slurm import BT, SRC, Cluster, check, skip, FAILURES  # noqa: E402
+from test_slurm import BT, SRC, Cluster, check, finish, skip  # noqa: E402
 
 DEADLINE_S = 150
 COMMON = ["model.vocab_size=64", "model.context_length=32", "model.block_decoder.dim=32",
@@ -37,12 +37,7 @@ def main():
     os.makedirs(cluster.root)
     t_start = time.time()
     try:
-        try:
-            cluster.start()
-        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
-            print(cluster.tail("munged.log") + cluster.tail("slurmctld.log") + cluster.tail("slurmd.log"))
-            skip(f"the Slurm daemons did not start ({e})")
-        print(f"Slurm up in {time.time() - t_start:.1f} s", flush=True)
+        cluster.start_or_skip()
         out = os.path.join(tmp, "sweep")
         sweep = [BT, "sweep", "--config", os.path.join(SRC, "configs/tiny/block_b4.yaml"), "--grid",
                  "model.block_length,model.embedder.dim,train.stop_step=[2,16,0],[4,8,12]", "--out", out, *COMMON]
@@ -93,14 +88,7 @@ def main():
               rows)
     finally:
         cluster.stop()
-        if os.environ.get("BT_SLURM_TEST_KEEP") == "1" or FAILURES:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if FAILURES:
-        print("FAILED:", ", ".join(FAILURES))
-        sys.exit(1)
-    print("all checks passed")
+    finish(tmp)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import sys
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, finish  # noqa: E402
+
 SRC = os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 BT = os.environ.get("BT_BINARY", os.path.join(SRC, "build", "release", "bt"))
 SOURCE = "itsnamgyu/block-transformer@17842dd conf/trainer/"
@@ -319,13 +322,6 @@ def same(a, b):
 
 
 def main():
-    failures = []
-
-    def check(name, ok, msg=""):
-        print(("ok   " if ok else "FAIL ") + name + ("" if ok or not msg else ": " + msg))
-        if not ok:
-            failures.append(name)
-
     paper = os.path.join(SRC, "configs", "paper")
     files = sorted(f[:-5] for f in os.listdir(paper) if f.endswith(".yaml"))
     check("configs/paper has files", len(files) >= 20, f"{len(files)} files")
@@ -372,10 +368,7 @@ def main():
     print("not compared (infrastructure, or bt's only behaviour): " + ", ".join(INFRASTRUCTURE))
     for (f, k), why in EXCEPTIONS.items():
         print(f"exception {f} {k}: {why}")
-    if failures:
-        print("FAILED: " + ", ".join(failures))
-        sys.exit(1)
-    print("all checks passed")
+    finish()
 
 
 if __name__ == "__main__":

@@ -6,22 +6,16 @@ fails with one line. Skipped (77) when matplotlib is missing. Env: BT_SOURCE_DIR
 import csv
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, cleanup, finish  # noqa: E402
+
 SRC = os.path.abspath(os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..")))
 PLOT = os.path.join(SRC, "launch", "plot.py")
-FAILURES = []
-
-
-def check(name, cond, msg=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not msg else ": " + str(msg)), flush=True)
-    if not cond:
-        FAILURES.append(name)
-
 
 def png_size(path):
     """(width, height) from the IHDR chunk, or None when the file is not a PNG."""
@@ -115,14 +109,8 @@ def main():
         check("no results.csv: one line naming it", p.returncode != 0 and "results.csv not found" in p.stdout and
               p.stdout.strip().count("\n") == 0, p.stdout)
     finally:
-        if not FAILURES:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}")
-    if FAILURES:
-        print("FAILED: " + ", ".join(FAILURES))
-        sys.exit(1)
-    print("all checks passed")
+        cleanup(tmp)
+    finish()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Env: BT_BINARY, BT_SOURCE_DIR.
 import csv
 import json
 import os
-import shutil
+import re
 import signal
 import statistics
 import struct
@@ -25,17 +25,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, cleanup, finish  # noqa: E402
+
 SRC = os.path.abspath(os.environ.get("BT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..")))
 BT = os.path.abspath(os.environ.get("BT_BINARY", os.path.join(SRC, "build", "release", "bt")))
-FAILURES = []
 STEPS = 24
-
-
-def check(name, cond, msg=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not msg else ": " + str(msg)), flush=True)
-    if not cond:
-        FAILURES.append(name)
-    return cond
 
 
 def bt(*args, env=None, check_rc=True):
@@ -98,14 +93,8 @@ def main():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if not FAILURES:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}")
-    if FAILURES:
-        print("FAILED: " + ", ".join(FAILURES))
-        sys.exit(1)
-    print("all checks passed")
+        cleanup(tmp)
+    finish()
 
 
 def run_tests(tmp):
@@ -180,7 +169,7 @@ def run_tests(tmp):
         time.sleep(0.1)
     check("the killed sweep's bt train exited", not processes_naming(second))
     log = open(os.path.join(second, "train.log")).read()
-    stopped = [int(x) for x in __import__("re").findall(r"stop signal received at step (\d+): saving", log)]
+    stopped = [int(x) for x in re.findall(r"stop signal received at step (\d+): saving", log)]
     check("the second point saved a checkpoint when the sweep died", len(stopped) == 1 and
           os.path.isdir(os.path.join(second, "checkpoints", f"step_{stopped[0]:08d}")), log[-1500:])
     k = stopped[0] if stopped else -1
