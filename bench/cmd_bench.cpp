@@ -3,7 +3,7 @@
 
 #include "bench/bench_comm.h"
 #include "bench/bench_train.h"
-#include "core/commands.h"
+#include "bench/commands.h"
 #include "data/bench_data.h"
 #include "infer/bench_infer.h"
 

@@ -352,7 +352,7 @@ class HfBpeTokenizer final : public Tokenizer {
     write_file_atomic((fs::path(dir) / kHfTokenizerFile).string(), raw_);
     const json j = {{"kind", kind()}, {"name", name()}, {"vocab_size", vocab_size_}, {"eos_id", eos_},
                     {"model", kHfTokenizerFile}};
-    write_file_atomic((fs::path(dir) / "tokenizer.json").string(), j.dump(2) + "\n");
+    write_file_atomic((fs::path(dir) / kTokenizerJsonFile).string(), j.dump(2) + "\n");
   }
 
  private:
@@ -730,7 +730,7 @@ class HfBpeTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
   std::string file = path;
-  if (fs::is_directory(path)) file = (fs::path(path) / "tokenizer.json").string();
+  if (fs::is_directory(path)) file = (fs::path(path) / "tokenizer.json").string();  // Hugging Face's name
   BT_CHECK(fs::is_regular_file(file), "hf tokenizer '", file, "': no such file (give a tokenizer.json or its directory)");
   return std::make_unique<HfBpeTokenizer>(read_whole(file), file);
 }

@@ -30,7 +30,4 @@ namespace bt {
 // `path`: a tokenizer.json, or a directory holding one.
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
 
-// File names inside a prepared directory (next to our tokenizer.json, which names the kind).
-inline constexpr const char* kHfTokenizerFile = "hf_tokenizer.json";
-
 }  // namespace bt

@@ -5,9 +5,9 @@
 #include <memory>
 #include <optional>
 
-#include "core/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "data/commands.h"
 #include "data/import.h"
 #include "data/prepare.h"
 

@@ -12,9 +12,9 @@
 #include <sstream>
 #include <thread>
 
-#include "core/commands.h"
 #include "core/error.h"
 #include "core/timer.h"
+#include "data/commands.h"
 #include "data/tokenizer.h"
 
 namespace bt {

@@ -26,9 +26,11 @@
 #include "core/checksum.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "core/timer.h"
-#include "data/progress.h"
+#include "data/manifest.h"
+#include "data/output_dir.h"
 #include "data/sha256.h"
 #include "data/shard.h"
 #include "data/shard_append.h"
@@ -40,7 +42,6 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-constexpr const char* kManifest = "manifest.json";
 constexpr const char* kWork = ".import";
 constexpr uint64_t kPiece = uint64_t(1) << 20;   // tokens converted at a time in streamed documents
 // Longer documents are hashed, then written, in pieces (constant memory); tests lower the limit
@@ -545,30 +546,12 @@ UnitResult process_unit(Shared& sh, uint64_t k, const Unit& u) {
 
 // ---- the output directory -------------------------------------------------------------------------
 
-const std::regex& our_files() {
-  static const std::regex r(
-      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model|hf_tokenizer\.json)(\.tmp)?)");
-  return r;
-}
-
 // Returns true when an interrupted import with the same plan can be resumed.
 bool prepare_dir(const ImportOptions& opt, const json& plan) {
   std::error_code ec;
   const fs::path out(opt.out), work = out / kWork;
-  if (fs::exists(out, ec)) {
-    BT_CHECK(fs::is_directory(out, ec), "--out '", opt.out, "' exists and is not a directory");
-  } else {
-    fs::create_directories(out, ec);
-    BT_CHECK(!ec, "cannot create the output directory '", opt.out, "': ", ec.message());
-  }
-  const fs::path manifest = out / kManifest;
   bool resume = false;
-  if (fs::exists(manifest)) {
-    BT_CHECK(opt.force, "output directory '", opt.out, "' already holds a prepared corpus (", kManifest,
-             "); pass --force to replace it, or choose another --out");
-    fs::remove(manifest, ec);
-    BT_CHECK(!ec, "cannot remove '", manifest.string(), "': ", ec.message());
-  } else if (!opt.force && fs::exists(work / "plan.json")) {
+  if (!opt.force && !fs::exists(out / kManifestFile, ec) && fs::exists(work / "plan.json", ec)) {
     try {
       std::ifstream in(work / "plan.json");
       resume = json::parse(in) == plan;
@@ -577,13 +560,10 @@ bool prepare_dir(const ImportOptions& opt, const json& plan) {
     }
   }
   // Leftovers: everything ours, except (when resuming) finished units and moved train shards.
-  for (const auto& e : fs::directory_iterator(out, ec)) {
-    const std::string name = e.path().filename().string();
-    if (!std::regex_match(name, our_files())) continue;
-    if (resume && name.rfind("train-", 0) == 0 && name.find(".tmp") == std::string::npos) continue;
-    fs::remove(e.path(), ec);
-    BT_CHECK(!ec, "cannot remove the old file '", e.path().string(), "': ", ec.message());
-  }
+  open_output_dir(opt.out, opt.force, [&](const std::string& name) {
+    return resume && name.rfind("train-", 0) == 0 && !name.ends_with(".tmp");
+  });
+  mark_output_unfinished(opt.out);
   if (!resume) {
     fs::remove_all(work, ec);
     BT_CHECK(!ec, "cannot remove '", work.string(), "': ", ec.message());
@@ -793,7 +773,7 @@ ImportSummary run_import(const ImportOptions& opt) {
   std::atomic<long> finished{0};
   Timer timer;
   {
-    ProgressBar bar("prepare", "tokens", src.total, opt.progress, done_before);
+    ProgressBar bar("prepare", "tokens", src.total, {.enabled = opt.progress, .done_before = done_before});
     std::vector<std::thread> pool;
     for (int t = 0; t < nthreads; ++t)
       pool.emplace_back([&] {
@@ -883,7 +863,7 @@ ImportSummary run_import(const ImportOptions& opt) {
     tg.tok->save_to_dir(opt.out);
   } else {
     const json j = {{"kind", "ids"}, {"name", tg.tokenizer}, {"vocab_size", tg.vocab}, {"eos_id", tg.eos}};
-    write_file_atomic((out / "tokenizer.json").string(), j.dump(2) + "\n");
+    write_file_atomic((out / kTokenizerJsonFile).string(), j.dump(2) + "\n");
   }
   std::string eos_rule;
   if (megatron)
@@ -893,31 +873,18 @@ ImportSummary run_import(const ImportOptions& opt) {
     eos_rule = "documents end at each EOS of the source; lone EOS tokens dropped; EOS appended to a last document without one";
   else
     eos_rule = "each input file is one document, EOS appended";
-  json m = {{"format", "bt-tokens-manifest"},
-            {"version", 1},
-            {"tokenizer", tg.tokenizer},
-            {"tokenizer_kind", tg.tok ? tg.tok->kind() : std::string("ids")},
-            {"tokenizer_file", "tokenizer.json"},
-            {"vocab_size", tg.vocab},
-            {"eos_id", tg.eos},
-            {"token_dtype", tg.wide() ? "uint32" : "uint16"},
-            {"inputs", opt.inputs},
-            {"input_format", token_format_name(opt.format)},
-            {"import",
-             {{"split_on_eos", opt.split_on_eos},
-              {"doc_eos", megatron ? opt.doc_eos : std::string("")},
-              {"eos", eos_rule},
-              {"max_tokens", opt.max_tokens},
-              {"source_tokens", src.total},
-              {"dropped_empty", sum.dropped_empty}}},
-            {"val_fraction", opt.val_fraction},
-            {"seed", opt.seed},
-            {"shard_tokens", opt.shard_tokens},
-            {"splits",
-             {{"train", {{"tokens", sum.train_tokens}, {"documents", sum.train_documents}, {"shards", sum.train_shards}}},
-              {"val", {{"tokens", sum.val_tokens}, {"documents", sum.val_documents}, {"shards", sum.val_shards}}}}},
-            {"shards", shards}};
-  write_file_atomic((out / kManifest).string(), m.dump(2) + "\n");
+  const ManifestHeader header{tg.tokenizer, tg.tok ? tg.tok->kind() : std::string("ids"), tg.vocab, tg.eos,
+                              opt.inputs, token_format_name(opt.format), opt.val_fraction, opt.seed,
+                              opt.shard_tokens};
+  write_manifest(opt.out, header,
+                 {{"import",
+                   {{"split_on_eos", opt.split_on_eos},
+                    {"doc_eos", megatron ? opt.doc_eos : std::string("")},
+                    {"eos", eos_rule},
+                    {"max_tokens", opt.max_tokens},
+                    {"source_tokens", src.total},
+                    {"dropped_empty", sum.dropped_empty}}}},
+                 shards);
   std::error_code ec;
   fs::remove_all(work, ec);
   return sum;

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/timer.h"
 #include "data/token_stream.h"
+#include "data/tokenizer.h"
 
 namespace bt {
 namespace fs = std::filesystem;
@@ -65,6 +66,41 @@ void warn_once(const std::string& dir) {
 }
 
 }  // namespace
+
+void write_manifest(const std::string& dir, const ManifestHeader& h, const nlohmann::ordered_json& details,
+                    const std::vector<nlohmann::ordered_json>& shards) {
+  BT_CHECK(details.is_object(), "write_manifest: details must be an object");
+  nlohmann::ordered_json m = {{"format", "bt-tokens-manifest"},
+                              {"version", 1},
+                              {"tokenizer", h.tokenizer},
+                              {"tokenizer_kind", h.tokenizer_kind},
+                              {"tokenizer_file", kTokenizerJsonFile},
+                              {"vocab_size", h.vocab_size},
+                              {"eos_id", h.eos_id},
+                              {"token_dtype", h.vocab_size > 65536 ? "uint32" : "uint16"},
+                              {"inputs", h.inputs},
+                              {"input_format", h.input_format}};
+  for (const auto& [k, v] : details.items()) m[k] = v;
+  m["val_fraction"] = h.val_fraction;
+  m["seed"] = h.seed;
+  m["shard_tokens"] = h.shard_tokens;
+  nlohmann::ordered_json splits;
+  for (const char* split : {"train", "val"}) {
+    uint64_t tokens = 0, documents = 0, n = 0;
+    for (const auto& s : shards)
+      if (s["split"] == split) {
+        tokens += s["tokens"].get<uint64_t>();
+        documents += s["documents"].get<uint64_t>();
+        ++n;
+      }
+    splits[split] = {{"tokens", tokens}, {"documents", documents}, {"shards", n}};
+  }
+  m["splits"] = splits;
+  m["shards"] = shards;
+  write_file_atomic((fs::path(dir) / kManifestFile).string(), m.dump(2) + "\n");
+  std::error_code ec;
+  fs::remove(fs::path(dir) / kPrepareMarker, ec);
+}
 
 void check_shards_against_manifests(const std::string& glob_or_list, const std::vector<std::string>& paths,
                                     const std::vector<ShardInfo>& infos, const ShardCheckOptions& opt) {

@@ -22,9 +22,12 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/format.h"
+#include "core/progress.h"
 #include "core/timer.h"
 #include "data/documents.h"
 #include "data/manifest.h"
+#include "data/output_dir.h"
 #include "data/sha256.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -33,8 +36,6 @@ namespace bt {
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr const char* kManifest = "manifest.json";
 
 struct Input {
   std::string path;       // "-" for stdin
@@ -92,35 +93,6 @@ bool goes_to_val(const std::string& doc, uint64_t seed, double val_fraction) {
   return u < val_fraction;
 }
 
-// Prepares `out` for writing. A finished corpus (manifest.json) is replaced only with --force;
-// leftovers of an interrupted run (shards without a manifest, *.tmp) are removed.
-void prepare_out_dir(const std::string& out, bool force) {
-  std::error_code ec;
-  if (fs::exists(out, ec)) {
-    BT_CHECK(fs::is_directory(out, ec), "--out '", out, "' exists and is not a directory");
-  } else {
-    fs::create_directories(out, ec);
-    BT_CHECK(!ec, "cannot create the output directory '", out, "': ", ec.message());
-  }
-  static const std::regex ours(
-      R"(((train|val)-[0-9]+\.h5|manifest\.json|tokenizer\.json|tokenizer\.model|hf_tokenizer\.json)(\.tmp)?|\.bt-prepare-incomplete)");
-  std::vector<fs::path> found;
-  for (const auto& e : fs::directory_iterator(out, ec))
-    if (std::regex_match(e.path().filename().string(), ours)) found.push_back(e.path());
-  BT_CHECK(!ec, "cannot list the output directory '", out, "': ", ec.message());
-  const fs::path manifest = fs::path(out) / kManifest;
-  if (fs::exists(manifest)) {
-    BT_CHECK(force, "output directory '", out, "' already holds a prepared corpus (", kManifest,
-             "); pass --force to replace it, or choose another --out");
-    fs::remove(manifest, ec);  // first: the old corpus stops looking complete
-    BT_CHECK(!ec, "cannot remove '", manifest.string(), "': ", ec.message());
-  }
-  for (const auto& p : found) {
-    fs::remove(p, ec);
-    BT_CHECK(!ec, "cannot remove the old file '", p.string(), "': ", ec.message());
-  }
-}
-
 // Writes one split's shards: prefix-00000.h5, prefix-00001.h5, ...
 class SplitWriter {
  public:
@@ -164,41 +136,6 @@ class SplitWriter {
   std::unique_ptr<ShardWriter> cur_;
   std::vector<nlohmann::ordered_json> shards_;
   uint64_t tokens_ = 0, docs_ = 0;
-};
-
-std::string human(double v) {
-  char b[32];
-  if (v >= 1e9)
-    std::snprintf(b, sizeof b, "%.2fG", v / 1e9);
-  else if (v >= 1e6)
-    std::snprintf(b, sizeof b, "%.2fM", v / 1e6);
-  else if (v >= 1e3)
-    std::snprintf(b, sizeof b, "%.1fk", v / 1e3);
-  else
-    std::snprintf(b, sizeof b, "%.0f", v);
-  return b;
-}
-
-// Progress on stderr: rewritten in place on a terminal, a line every 10 s otherwise.
-class Progress {
- public:
-  explicit Progress(bool on) : on_(on), tty_(::isatty(2)) {}
-  void update(uint64_t docs, uint64_t tokens, uint64_t bytes, bool final = false) {
-    if (!on_) return;
-    const double t = timer_.seconds();
-    if (!final && t - last_ < (tty_ ? 0.5 : 10.0)) return;
-    last_ = t;
-    std::fprintf(stderr, "%sprepare: %s docs, %s tokens, %sB read, %s tokens/s%s", tty_ ? "\r" : "",
-                 human(double(docs)).c_str(), human(double(tokens)).c_str(),
-                 human(double(bytes)).c_str(), human(tokens / std::max(t, 1e-9)).c_str(),
-                 tty_ && !final ? "   " : "\n");
-    std::fflush(stderr);
-  }
-
- private:
-  bool on_, tty_;
-  Timer timer_;
-  double last_ = 0;
 };
 
 }  // namespace
@@ -297,7 +234,7 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
              opt.inputs.front(), opt.inputs.size() > 1 ? "', ..." : "'", " to train a tokenizer on");
     if (opt.progress)
       std::fprintf(stderr, "prepare: training a BPE SentencePiece model of %d pieces on %s lines\n",
-                   spec.train_vocab, human(double(sample.size())).c_str());
+                   spec.train_vocab, format_count(double(sample.size())).c_str());
     SpmTrainOptions so;
     so.vocab_size = spec.train_vocab;
     so.threads = threads;
@@ -315,17 +252,19 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
   sum.vocab_size = tok->vocab_size();
 
   // ---- shards ----
-  prepare_out_dir(opt.out, opt.force);
-  // Marks the directory as unfinished until the manifest is written (data/manifest.h).
-  const std::string marker = (fs::path(opt.out) / kPrepareMarker).string();
-  write_file_atomic(marker, "bt prepare is writing this directory (pid " + std::to_string(::getpid()) + ")\n");
+  open_output_dir(opt.out, opt.force);
+  mark_output_unfinished(opt.out);
   Utf8Policy utf8;
   utf8.mode = utf8_error ? Utf8Policy::Mode::error
                          : tok->kind() == "byte" ? Utf8Policy::Mode::keep : Utf8Policy::Mode::replace;
   const ShardMeta meta{tok->vocab_size(), tok->eos_id(), tok->name()};
   SplitWriter train(opt.out, "train", meta, opt.shard_tokens);
   SplitWriter val(opt.out, "val", meta, opt.shard_tokens);
-  Progress progress(opt.progress);
+  ProgressBar progress("prepare", "tokens", 0, {.enabled = opt.progress});
+  auto progress_note = [&] {
+    return format_count(double(train.documents() + val.documents())) + " docs, " +
+           format_count(double(sum.input_bytes)) + "B read";
+  };
   Timer timer;
 
   std::vector<std::string> batch;
@@ -365,7 +304,7 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
     }
     batch.clear();
     batch_bytes = 0;
-    progress.update(train.documents() + val.documents(), train.tokens() + val.tokens(), sum.input_bytes);
+    progress.update(train.tokens() + val.tokens(), progress_note());
   };
   for_each_document(inputs, opt, split, &utf8, [&](const std::string& doc) {
     batch_bytes += doc.size();
@@ -376,8 +315,7 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
   train.close();
   val.close();
   sum.seconds = timer.seconds();
-  progress.update(train.documents() + val.documents(), train.tokens() + val.tokens(), sum.input_bytes,
-                  true);
+  progress.finish(train.tokens() + val.tokens(), progress_note());
 
   BT_CHECK(train.documents() + val.documents() > 0, "empty corpus: ",
            opt.inputs.size() == 1 ? "input '" : "inputs '", opt.inputs.front(),
@@ -412,32 +350,14 @@ PrepareSummary run_prepare_impl(const PrepareOptions& opt) {
 
   // ---- tokenizer files, then the manifest last ----
   tok->save_to_dir(opt.out);
-  nlohmann::ordered_json m = {
-      {"format", "bt-tokens-manifest"},
-      {"version", 1},
-      {"tokenizer", tok->name()},
-      {"tokenizer_kind", tok->kind()},
-      {"tokenizer_file", "tokenizer.json"},
-      {"vocab_size", tok->vocab_size()},
-      {"eos_id", tok->eos_id()},
-      {"token_dtype", tok->vocab_size() > 65536 ? "uint32" : "uint16"},
-      {"inputs", opt.inputs},
-      {"input_format", opt.format},
-      {"doc_split", opt.doc_split},
-      {"val_fraction", opt.val_fraction},
-      {"seed", opt.seed},
-      {"shard_tokens", opt.shard_tokens},
-      {"input_bytes", sum.input_bytes},
-      {"on_invalid_utf8", opt.on_invalid_utf8},
-      {"invalid_utf8_bytes", utf8.bytes},
-      {"splits",
-       {{"train", {{"tokens", sum.train_tokens}, {"documents", sum.train_documents}, {"shards", sum.train_shards}}},
-        {"val", {{"tokens", sum.val_tokens}, {"documents", sum.val_documents}, {"shards", sum.val_shards}}}}},
-      {"shards", shards},
-  };
-  write_file_atomic((fs::path(opt.out) / kManifest).string(), m.dump(2) + "\n");
-  std::error_code ec;
-  fs::remove(marker, ec);
+  const ManifestHeader header{tok->name(), tok->kind(), tok->vocab_size(), tok->eos_id(), opt.inputs,
+                              opt.format, opt.val_fraction, opt.seed, opt.shard_tokens};
+  write_manifest(opt.out, header,
+                 {{"doc_split", opt.doc_split},
+                  {"input_bytes", sum.input_bytes},
+                  {"on_invalid_utf8", opt.on_invalid_utf8},
+                  {"invalid_utf8_bytes", utf8.bytes}},
+                 shards);
   sum.invalid_utf8_bytes = utf8.bytes;
   sum.invalid_utf8_lines = utf8.lines;
   sum.invalid_utf8_replaced = utf8.mode == Utf8Policy::Mode::replace;

@@ -23,8 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kTokenizerJson = "tokenizer.json";
-constexpr const char* kTokenizerModel = "tokenizer.model";
 
 std::string read_file(const std::string& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
@@ -65,7 +63,7 @@ class ByteTokenizer final : public Tokenizer {
   std::string name() const override { return "byte"; }
   std::string kind() const override { return "byte"; }
   void save_to_dir(const std::string& dir) const override {
-    write_file_atomic((fs::path(dir) / kTokenizerJson).string(), tokenizer_json(*this, "").dump(2) + "\n");
+    write_file_atomic((fs::path(dir) / kTokenizerJsonFile).string(), tokenizer_json(*this, "").dump(2) + "\n");
   }
 };
 
@@ -103,9 +101,9 @@ class SpmTokenizer final : public Tokenizer {
   std::string name() const override { return "spm:" + hash_; }
   std::string kind() const override { return "spm"; }
   void save_to_dir(const std::string& dir) const override {
-    write_file_atomic((fs::path(dir) / kTokenizerModel).string(), model_);
-    write_file_atomic((fs::path(dir) / kTokenizerJson).string(),
-                      tokenizer_json(*this, kTokenizerModel).dump(2) + "\n");
+    write_file_atomic((fs::path(dir) / kSpmModelFile).string(), model_);
+    write_file_atomic((fs::path(dir) / kTokenizerJsonFile).string(),
+                      tokenizer_json(*this, kSpmModelFile).dump(2) + "\n");
   }
   const std::string& hash() const { return hash_; }
 
@@ -240,9 +238,20 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec) {
   BT_FAIL("tokenizer '", spec, "' is trained from text; use train_spm_tokenizer");
 }
 
+std::string tokenizer_name_in_dir(const std::string& dir) {
+  const fs::path p = fs::path(dir) / kTokenizerJsonFile;
+  std::error_code ec;
+  if (dir.empty() || !fs::exists(p, ec)) return "";
+  try {
+    return nlohmann::json::parse(read_file(p.string(), "tokenizer")).value("name", std::string());
+  } catch (const nlohmann::json::exception& e) {
+    BT_FAIL("'", p.string(), "': not valid JSON (", e.what(), ")");
+  }
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kTokenizerJson).string();
-  BT_CHECK(fs::is_regular_file(path), "data directory '", dir, "': no ", kTokenizerJson,
+  const std::string path = (fs::path(dir) / kTokenizerJsonFile).string();
+  BT_CHECK(fs::is_regular_file(path), "data directory '", dir, "': no ", kTokenizerJsonFile,
            " (not written by `bt prepare`?)");
   nlohmann::json j;
   try {
@@ -256,7 +265,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir) {
   if (kind == "byte") return make_byte_tokenizer();
   if (kind == "ids") return nullptr;  // imported token ids without a tokenizer
   BT_CHECK(kind == "spm" || kind == "hf", "'", path, "': unknown tokenizer kind '", kind, "'");
-  const std::string model = j.value("model", std::string(kind == "hf" ? kHfTokenizerFile : kTokenizerModel));
+  const std::string model = j.value("model", std::string(kind == "hf" ? kHfTokenizerFile : kSpmModelFile));
   auto tok = kind == "hf" ? load_hf_tokenizer((fs::path(dir) / model).string())
                           : load_spm_tokenizer((fs::path(dir) / model).string());
   if (j.contains("name") && j["name"].is_string())
@@ -281,7 +290,7 @@ std::unique_ptr<Tokenizer> load_tokenizer_for_shard(const std::string& tokenizer
   }
   BT_CHECK(tokenizer_attr.rfind("spm:", 0) == 0, "unknown tokenizer '", tokenizer_attr,
            "' in the shards' attributes");
-  const std::string model = (fs::path(dir) / kTokenizerModel).string();
+  const std::string model = (fs::path(dir) / kSpmModelFile).string();
   BT_CHECK(fs::is_regular_file(model), "the shards use tokenizer ", tokenizer_attr, " but '", model,
            "' is missing; keep the tokenizer.model that `bt prepare` wrote next to the shards");
   auto tok = load_spm_tokenizer(model);

@@ -11,6 +11,7 @@
 // hf), so the directory alone can decode its shards. Imported token files without a tokenizer
 // (data/import.h, "ids:VOCAB") have kind "ids" and no model: loading one gives nullptr.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,6 +19,12 @@
 #include <vector>
 
 namespace bt {
+
+// The files of a tokenizer in a prepared directory and in a checkpoint.
+inline constexpr const char* kTokenizerJsonFile = "tokenizer.json";   // {"kind", "name", "model"}
+inline constexpr const char* kSpmModelFile = "tokenizer.model";       // SentencePiece
+inline constexpr const char* kHfTokenizerFile = "hf_tokenizer.json";  // Hugging Face (bpe_tokenizer.h)
+inline constexpr std::array<const char*, 3> kTokenizerFiles = {kTokenizerJsonFile, kSpmModelFile, kHfTokenizerFile};
 
 class Tokenizer {
  public:
@@ -66,6 +73,9 @@ std::unique_ptr<Tokenizer> train_spm_tokenizer(const std::vector<std::string>& s
 // "byte", "spm:PATH" or "hf:PATH". A "train-spm:N" spec needs text: use train_spm_tokenizer.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
 
+// The name in DIR/tokenizer.json (a prepared directory or a checkpoint); "" without one. Throws
+// when the file is not valid JSON.
+std::string tokenizer_name_in_dir(const std::string& dir);
 // The tokenizer of a prepared directory (its tokenizer.json); nullptr for kind "ids".
 std::unique_ptr<Tokenizer> load_tokenizer_from_dir(const std::string& dir);
 // The tokenizer named by a shard's `tokenizer` attribute: "byte" needs nothing; "spm:<hash>"

@@ -15,11 +15,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "core/commands.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/timer.h"
 #include "data/loader.h"
+#include "infer/commands.h"
 #include "infer/eval_position.h"
 #include "infer/eval_tasks.h"
 #include "infer/load.h"

@@ -9,12 +9,12 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "core/timer.h"
 #include "data/shard.h"
 #include "infer/eval_tasks.h"
 #include "infer/lm_scorer.h"
 #include "infer/load.h"
-#include "infer/progress.h"
 #include "infer/tasks/evaluate.h"
 
 namespace bt {
@@ -77,10 +77,14 @@ nlohmann::json run_task_eval(const TaskEvalArgs& a) {
   Timer total_timer;
   std::vector<TaskResult> results;
   for (size_t i = 0; i < tasks.size(); ++i) {
-    ProgressBar bar(tasks[i], "req", say);
-    scorer.set_progress([&bar](int64_t done, int64_t total) { bar.update(done, total); });
+    // On a terminal only: each task prints its own summary line.
+    ProgressBar bar(tasks[i], "req", 0, {.enabled = say, .log_every = 0, .clear_on_finish = true});
+    scorer.set_progress([&bar](int64_t done, int64_t total) {
+      bar.set_total(uint64_t(total));
+      bar.update(uint64_t(done));
+    });
     TaskResult r = evaluate_task(tasks[i], data[i], scorer, *tok, to);
-    bar.finish();
+    bar.finish(0);
     scorer.set_progress(nullptr);
     if (say)
       log_info("{}: {} of {} documents, {} requests in {:.1f} s ({:.1f} requests/s) from {}", r.name, r.docs_used,

@@ -9,10 +9,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/commands.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/timer.h"
+#include "infer/commands.h"
 #include "infer/generator.h"
 #include "infer/load.h"
 

@@ -63,6 +63,7 @@ struct Shapes {
 };
 
 Shapes decode_shapes(const ModelConfig& m, DType act, int64_t B, int64_t NP, int64_t gen, int64_t prefill_rows) {
+  BT_CHECK(B >= 1, "decoding needs a batch of at least one sequence, got ", B);
   Shapes s;
   const int64_t V = m.vocab_size, rows = prefill_rows > 0 ? prefill_rows : 4096;
   auto add = [&](int slot, Shape sh, DType t) { s.slots.emplace_back(slot, sh, t); };
@@ -351,7 +352,7 @@ struct Recorder {
 
 GenerateResult Generator::generate_block(const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o) {
   const ModelConfig& m = model_.config();
-  const int64_t B = static_cast<int64_t>(prompts.size()), LB = m.block_length, E = m.embedder_dim;
+  const int64_t B = static_cast<int64_t>(prompts.size()), LB = m.block_length;
   const int64_t DB = m.block_decoder.dim, DT = m.token_decoder.dim, R = m.token_decoder.prefix_length;
   const int64_t G = ceil_div(o.max_new_tokens, LB);  // blocks to generate
   const bool summation = m.summation();

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/token_stream.h"
+#include "data/tokenizer.h"
 #include "model/checkpoint.h"
 
 namespace bt {
@@ -86,14 +87,10 @@ void load_inference_weights(InferenceModel& r, int max_batch) {
 }
 
 std::string checkpoint_tokenizer_name(const InferenceModel& m) {
-  const fs::path p = fs::path(m.dir) / "tokenizer.json";
-  std::error_code ec;
-  if (m.dir.empty() || !fs::exists(p, ec)) return "";
-  std::ifstream in(p);
   try {
-    return nlohmann::json::parse(in).value("name", std::string());
-  } catch (const nlohmann::json::exception&) {
-    BT_FAIL(p.string(), ": not valid JSON: the checkpoint is damaged");
+    return tokenizer_name_in_dir(m.dir);
+  } catch (const Error& e) {
+    BT_FAIL(e.what(), ": the checkpoint is damaged");
   }
 }
 
@@ -116,7 +113,7 @@ std::unique_ptr<Tokenizer> find_tokenizer_unchecked(const InferenceModel& m, con
     if (fs::is_directory(spec)) return load_tokenizer_from_dir(spec);
     return make_tokenizer(spec);
   }
-  if (!m.dir.empty() && fs::exists(fs::path(m.dir) / "tokenizer.json")) return load_tokenizer_from_dir(m.dir);
+  if (!m.dir.empty() && fs::exists(fs::path(m.dir) / kTokenizerJsonFile)) return load_tokenizer_from_dir(m.dir);
   // The shards the run trained on (when still present).
   std::vector<std::string> globs = {m.config.data.train, m.config.data.val};
   for (const auto& g : globs) {

@@ -19,13 +19,13 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/commands.h"
+#include "train/commands.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/timer.h"
 #include "data/shard.h"
 #include "model/checkpoint.h"
-#include "train/metrics.h"
+#include "core/format.h"
 #include "train/sweep.h"
 
 namespace bt {

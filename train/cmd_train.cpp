@@ -6,11 +6,11 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "core/commands.h"
 #include "core/log.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "train/comm.h"
+#include "train/commands.h"
 #include "train/trainer.h"
 
 namespace bt {

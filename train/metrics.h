@@ -21,9 +21,4 @@ class MetricsWriter {
   std::FILE* f_ = nullptr;
 };
 
-// "1h02m", "3m05s", "12s"
-std::string format_duration(double seconds);
-// 12345678 -> "12.3M"
-std::string format_count(double n);
-
 }  // namespace bt

@@ -13,9 +13,11 @@
 #include <fstream>
 #include <thread>
 
+#include "core/format.h"
 #include "core/log.h"
 #include "core/timer.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "model/uptrain.h"
 #include "optim/lr_schedule.h"
@@ -187,19 +189,6 @@ std::string latest_checkpoint_or_none(const std::string& root) {
   }
 }
 
-// The tokenizer name in DIR/tokenizer.json ("" when there is none).
-std::string tokenizer_name_in(const std::string& dir) {
-  const fs::path p = fs::path(dir) / "tokenizer.json";
-  std::error_code ec;
-  if (dir.empty() || !fs::exists(p, ec)) return "";
-  std::ifstream in(p);
-  try {
-    const nlohmann::json j = nlohmann::json::parse(in);
-    return j.value("name", std::string());
-  } catch (const nlohmann::json::exception&) {
-    return "";
-  }
-}
 }  // namespace
 
 void Trainer::check_tokenizers(const std::string& resume_dir) const {
@@ -212,7 +201,11 @@ void Trainer::check_tokenizers(const std::string& resume_dir) const {
              ") but data.train '", cfg_.data.train, "' with ", tr.tokenizer(), " (vocab ", tr.vocab_size(),
              "): its losses would mean nothing; prepare both with one tokenizer");
   }
-  const std::string ck = tokenizer_name_in(resume_dir);
+  std::string ck;
+  try {
+    ck = tokenizer_name_in_dir(resume_dir);
+  } catch (const Error&) {  // a damaged tokenizer.json: the checkpoint's own checks speak of it
+  }
   BT_CHECK(ck.empty() || ck == tr.tokenizer(), "checkpoint ", resume_dir, " was trained on data of tokenizer ", ck,
            " but data.train '", cfg_.data.train, "' was made with ", tr.tokenizer(),
            ": resume on shards prepared with the checkpoint's tokenizer (its tokenizer.json)");
@@ -288,7 +281,7 @@ std::string Trainer::save_checkpoint() {
     if (!cfg_.data.train.empty()) {
       try {
         const fs::path shard_dir = fs::path(expand_shard_list(cfg_.data.train).front()).parent_path();
-        for (const char* f : {"tokenizer.json", "tokenizer.model", "hf_tokenizer.json"})
+        for (const char* f : kTokenizerFiles)
           if (fs::exists(shard_dir / f)) c.copy_files.push_back((shard_dir / f).string());
       } catch (const Error&) {
       }

@@ -17,7 +17,6 @@
 #include "data/bpe_tokenizer.h"
 #include "data/import.h"
 #include "data/loader.h"
-#include "data/progress.h"
 #include "data/shard.h"
 #include "data/shard_append.h"
 #include "data/token_files.h"
@@ -317,21 +316,6 @@ TEST(HfTokenizer, LargerThanTheModelIsRefusedByName) {
   const std::string gen((std::istreambuf_iterator<char>(g)), std::istreambuf_iterator<char>());
   EXPECT_NE(gen.find("=== sample 1 (3 prompt tokens"), std::string::npos) << gen;  // "the", "Ġ", "the"
   fs::remove_all(tmp);
-}
-
-TEST(Progress, LineShowsFractionCountRateAndEta) {
-  EXPECT_EQ(human_count(1234), "1.2k");
-  EXPECT_EQ(human_count(1.5e9), "1.50G");
-  EXPECT_EQ(human_duration(75), "1:15");
-  EXPECT_EQ(human_duration(3725), "1:02:05");
-  ProgressBar bar("prepare", "tokens", 2000000, false, 1000000);
-  const std::string plain = bar.line(1500000, false);
-  EXPECT_EQ(plain.rfind("prepare:  75.0% 1.50M/2.00M tokens, ", 0), 0u) << plain;
-  EXPECT_NE(plain.find("tokens/s, ETA "), std::string::npos) << plain;
-  const std::string tty = bar.line(2000000, true);
-  EXPECT_NE(tty.find("prepare [####"), std::string::npos) << tty;
-  EXPECT_NE(tty.find("100.0%"), std::string::npos) << tty;
-  EXPECT_NE(tty.find("took "), std::string::npos) << tty;
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "model/checkpoint.h"
 #include "model/cpu/cpu_backend.h"
 #include "model/model.h"
+#include "tests/test_util.h"
 
 using namespace bt;
 
@@ -364,6 +365,16 @@ TEST(Generate, MemoryPlanIsWhatTheGeneratorAllocates) {
     EXPECT_LE(plan_decode(m, DType::bf16, DType::f32, best, 30, 10).total(), budget);
     EXPECT_GT(plan_decode(m, DType::bf16, DType::f32, best + 1, 30, 10).total(), budget);
     EXPECT_EQ(largest_batch(m, DType::bf16, DType::f32, 1000, 30, 10, 100), 0) << "nothing fits 1000 bytes";
+  }
+}
+
+// A plan for no sequence is refused with a one-line error (it divided the prefill rows by B = 0:
+// SIGFPE).
+TEST(Generate, EmptyBatchIsRefused) {
+  for (const ModelConfig& m : {block_cfg(4, 2), vanilla_cfg()}) {
+    const std::string msg = bt::test::error_of([&] { plan_decode(m, DType::f32, DType::f32, 0, 9, 5); });
+    EXPECT_NE(msg.find("at least one sequence, got 0"), std::string::npos) << msg;
+    EXPECT_EQ(largest_batch(m, DType::f32, DType::f32, size_t(1) << 30, 9, 5, 0), 0) << "max_batch 0: nothing";
   }
 }
 

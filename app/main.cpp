@@ -1,10 +1,10 @@
-// `bt`: the single executable. Subcommands are registered by their folders (core/commands.h).
+// `bt`: the single executable. The subcommands come from the command table (app/commands.h).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "core/commands.h"
+#include "app/commands.h"
+#include "app/version.h"
 #include "core/error.h"
-#include "core/version.h"
 #include "train/comm.h"
 
 int main(int argc, char** argv) {
@@ -12,13 +12,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("bt ") + bt::version() + " (git " + bt::git_commit() + ")\n" +
                                         bt::build_info());
-  bt::add_train_command(app);
-  bt::add_prepare_command(app);
-  bt::add_tokenize_command(app);
-  bt::add_generate_command(app);
-  bt::add_eval_command(app);
-  bt::add_bench_command(app);
-  bt::add_sweep_command(app);
+  bt::add_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
