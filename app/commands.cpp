@@ -12,7 +12,7 @@ namespace bt {
 
 void add_commands(CLI::App& app) {
   for (void (*add)(CLI::App&) : {add_train_command, add_prepare_command, add_tokenize_command, add_generate_command,
-                                 add_eval_command, add_bench_command})
+                                 add_eval_command, add_bench_command, add_sweep_command})
     add(app);
 }
 

@@ -60,6 +60,7 @@ void add_bench_command(CLI::App& app) {
   infer->add_option("--device", inf->device, "auto | cpu | cuda");
   infer->add_option("--repeats", inf->repeats, "timed repeats per point (the best is reported)");
   infer->add_flag("--markdown", inf->markdown, "also print the results as a markdown table");
+  infer->add_option("--json", inf->json, "also write the results to this JSON file (one object per row)");
   infer->callback([inf] { bench_infer(*inf); });
 
   auto co = std::make_shared<BenchCommOptions>();

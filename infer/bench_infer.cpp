@@ -8,9 +8,12 @@
 #include <memory>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "data/shard.h"
 #include "infer/generator.h"
 #include "model/backend.h"
 #include "model/config.h"
@@ -264,9 +267,12 @@ void bench_infer(const BenchInferOptions& o) {
                " generated tokens exceed model.context_length ", ctx, " of ", c.name, "; give a GEN of at most ", ctx);
     }
 
+  std::string backend_name, dtype;
   {
     auto probe = make_bench(cfgs[0], o.device);
     Backend& be = *probe->be;
+    backend_name = be.name();
+    dtype = dtype_name(be.act_dtype());
     const CudaGraphStats gs = cuda_graph_stats(be);
     fmt::print("bench infer: backend {} [{}]{}, random weights, random prompts, greedy, no EOS\n", be.name(),
                dtype_name(be.act_dtype()),
@@ -318,6 +324,26 @@ void bench_infer(const BenchInferOptions& o) {
     }
   }
   if (std::find(specs.begin(), specs.end(), "auto") != specs.end()) fmt::print("* batch auto\n");
+  if (!o.json.empty()) {
+    nlohmann::json rows_j = nlohmann::json::array();
+    for (const Row& r : rows)
+      rows_j.push_back({{"setting", r.setting},
+                        {"model", r.model},
+                        {"batch", r.batch},
+                        {"batch_auto", r.batch_spec.back() == '*'},
+                        {"prompt", r.prompt},
+                        {"gen", r.gen},
+                        {"prefill_s", r.prefill_s},
+                        {"decode_s", r.decode_s},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"kv_cache_bytes_per_sequence", r.kv_per_seq}});
+    write_file_atomic(o.json, nlohmann::json{{"backend", backend_name},
+                                             {"dtype", dtype},
+                                             {"repeats", o.repeats},
+                                             {"rows", rows_j}}
+                                      .dump(2) +
+                                  "\n");
+  }
   if (o.markdown) {
     fmt::print("\n| setting | model | batch | prompt | gen | prefill s | decode s | tokens/s | KV cache / seq | D2H B / token "
                "| syncs / step | ms / step: block dec, token dec, head, sampling, host |\n");

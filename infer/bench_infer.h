@@ -27,6 +27,7 @@ struct BenchInferOptions {
   bool split = true;          // one more (profiled) run per point for the time split
   double memory_gib = 0;      // batch auto: the memory to fit (0: the device's free memory)
   int max_batch = 4096;       // batch auto: the largest batch considered
+  std::string json;           // also write every row to this JSON file (bt sweep --bench reads it)
 };
 void bench_infer(const BenchInferOptions& o);
 

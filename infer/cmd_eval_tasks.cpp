@@ -22,7 +22,8 @@ namespace bt {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-void run_task_eval(const TaskEvalArgs& a) {
+nlohmann::json run_task_eval(const TaskEvalArgs& a) {
+  const bool say = !a.json && !a.quiet;  // the progress and the table
   // Everything that can be checked without the model first.
   const std::vector<std::string> tasks = parse_task_list(a.tasks);
   BT_CHECK(!a.task_data.empty(), "--task needs --task-data DIR (the directory with the tasks' JSONL files)");
@@ -44,7 +45,7 @@ void run_task_eval(const TaskEvalArgs& a) {
            " ids but model.vocab_size is ", mc.vocab_size, ": not this model's tokenizer");
   const int trained_length = mc.context_length;
   const int max_length = a.max_length > 0 ? a.max_length : trained_length;
-  if (mc.is_block() && mode == BlockContext::pad && !im.config.data.random_pad_first_block)
+  if (mc.is_block() && mode == BlockContext::pad && !im.config.data.random_pad_first_block && !a.quiet)
     log_warn(
         "--context-mode pad on a block model trained without data.random_pad_first_block: its first "
         "block never held pads in training (the official code evaluates such checkpoints with no-pad)");
@@ -53,7 +54,7 @@ void run_task_eval(const TaskEvalArgs& a) {
   mc.context_length = scorer_window(mc, max_length, mode);
   const int B = a.batch_size > 0 ? a.batch_size : std::max(1, im.config.train.micro_batch);
   load_inference_weights(im, B);
-  if (!im.ignored.empty())
+  if (!im.ignored.empty() && !a.quiet)
     log_warn("{}: ignored {} tensors this model does not use: {}", im.weights, im.ignored.size(),
              summarize_names(im.ignored));
 
@@ -69,7 +70,7 @@ void run_task_eval(const TaskEvalArgs& a) {
   to.samples = a.log_samples;
 
   const std::string model_name = im.dir.empty() ? im.weights : im.dir;
-  if (!a.json)
+  if (say)
     log_info("eval {}: {} model, {} backend, max length {}{}, {} x {} tokens per forward", model_name, mc.kind,
              im.backend->name(), max_length,
              mc.is_block() ? fmt::format(", context mode {}", to_string(mode)) : std::string(), B, mc.context_length);
@@ -77,7 +78,7 @@ void run_task_eval(const TaskEvalArgs& a) {
   std::vector<TaskResult> results;
   for (size_t i = 0; i < tasks.size(); ++i) {
     // On a terminal only: each task prints its own summary line.
-    ProgressBar bar(tasks[i], "req", 0, {.enabled = !a.json, .log_every = 0, .clear_on_finish = true});
+    ProgressBar bar(tasks[i], "req", 0, {.enabled = say, .log_every = 0, .clear_on_finish = true});
     scorer.set_progress([&bar](int64_t done, int64_t total) {
       bar.set_total(uint64_t(total));
       bar.update(uint64_t(done));
@@ -85,7 +86,7 @@ void run_task_eval(const TaskEvalArgs& a) {
     TaskResult r = evaluate_task(tasks[i], data[i], scorer, *tok, to);
     bar.finish(0);
     scorer.set_progress(nullptr);
-    if (!a.json)
+    if (say)
       log_info("{}: {} of {} documents, {} requests in {:.1f} s ({:.1f} requests/s) from {}", r.name, r.docs_used,
                r.docs_total, r.requests, r.seconds, r.requests / std::max(r.seconds, 1e-9), r.data_path);
     results.push_back(std::move(r));
@@ -94,7 +95,7 @@ void run_task_eval(const TaskEvalArgs& a) {
   const ScorerStats& st = scorer.stats();
   double scoring_seconds = 0;
   for (const auto& r : results) scoring_seconds += r.seconds;
-  if (st.dropped_tokens > 0 && !a.json)
+  if (st.dropped_tokens > 0 && say)
     log_warn(
         "context mode nopad: {} continuation tokens in the first block of their row were not scored "
         "({} requests had none left and scored 0), as the official no-pad evaluation drops them",
@@ -146,16 +147,17 @@ void run_task_eval(const TaskEvalArgs& a) {
         for (const auto& s : r.samples) lines += s.dump() + "\n";
         write_file_atomic((out.parent_path() / ("samples_" + r.name + ".jsonl")).string(), lines);
       }
-    if (!a.json) log_info("results written to {}", out.string());
+    if (say) log_info("results written to {}", out.string());
   }
   if (a.json) {
     fmt::print("{}\n", j.dump());
-  } else {
+  } else if (!a.quiet) {
     fmt::print("{}", results_table(results));
     log_info("{} requests in {:.1f} s: {:.1f} requests/s, {} forwards, {:.2f} positions computed per request token",
              st.requests, scoring_seconds, st.requests / std::max(scoring_seconds, 1e-9), st.forwards,
              st.tokens ? double(st.positions) / double(st.tokens) : 0.0);
   }
+  return j;
 }
 
 }  // namespace bt

@@ -3,6 +3,7 @@
 // parses the options and calls run_task_eval. See docs/evaluation.md.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,10 @@ struct TaskEvalArgs {
   double limit = 0;
   int64_t bootstrap_iters = 100000;
   bool log_samples = false, json = false, share_context = true;
+  bool quiet = false;  // print nothing (bt eval --run gathers the results)
 };
 
-void run_task_eval(const TaskEvalArgs& a);
+// Scores the tasks, prints the table (or the JSON with json) and returns the results JSON.
+nlohmann::json run_task_eval(const TaskEvalArgs& a);
 
 }  // namespace bt

@@ -28,9 +28,11 @@ BUILD_PACKAGES=(
   bible-kjv
 )
 # Tests: h5dump, the Python peer and reader tests, shellcheck, Slurm (tests/slurm), and clang with
-# its libFuzzer and sanitizer runtimes for the fuzz targets (tests/fuzz).
+# its libFuzzer and sanitizer runtimes for the fuzz targets (tests/fuzz); matplotlib and PyYAML for
+# launch/plot.py (the plots of a bt sweep) and its test.
 TEST_PACKAGES=(
-  hdf5-tools python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch shellcheck
+  hdf5-tools python3 python3-venv python3-pip python3-numpy python3-h5py python3-torch python3-yaml
+  python3-matplotlib shellcheck
   slurm-wlm munge
   clang-14 libclang-rt-14-dev
 )

@@ -165,12 +165,30 @@ val_loss_text() {
     <<<"$evals"
 }
 
+# Decode throughput of the tiny block model against the tiny vanilla model of the same
+# non-embedding size (bt bench infer: random weights, the decode-heavy setting 16:256, batch 16).
+speed_line=""
+bench_infer() {
+  "$BT" bench infer --config configs/tiny/block_b4.yaml --vs configs/tiny/vanilla.yaml --device cpu --batch 16 \
+    --settings decode --no-split --json "$OUT/bench_infer.json"
+}
+speed() {
+  phase speed "decode throughput: tiny block vs tiny vanilla (bt bench infer)" bench_infer
+  # bench_infer.json: one row per model, "model" then "tokens_per_s" among its fields.
+  speed_line=$(awk -F'[:,]' '/"model":/ { gsub(/[ "]/, "", $2); m = $2 } /"tokens_per_s":/ { t[m] = $2 + 0 }
+    END { b = t["tiny_block_b4"]; v = t["tiny_vanilla"]
+          if (b > 0 && v > 0) printf "tiny block %.0f tokens/s vs tiny vanilla %.0f tokens/s: %.2fx", b, v, b / v }' \
+    "$OUT/bench_infer.json")
+  note "${speed_line:-see $LOG}"
+}
+
 install
 build
 corpus
 prepare
 train
 sample
+speed
 
 cat <<EOF
 
@@ -184,4 +202,5 @@ next:
   STEPS=2000 launch/quickstart.sh     # train on: resumes this run
   $BT train --config configs/tiny/vanilla.yaml data.train="$OUT/data/train-*.h5" data.val="$OUT/data/val-*.h5" train.device=cpu train.out_dir=$OUT/vanilla
   launch/test.sh                      # every test
+decode speed (bt bench infer, random weights, batch 16, 16 prompt + 256 new tokens, CPU): ${speed_line:-not measured}
 EOF

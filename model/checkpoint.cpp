@@ -212,7 +212,7 @@ std::vector<SafetensorOut> flat_tensors(const ParamTable& table, const float* fl
   return out;
 }
 
-std::string save_checkpoint(const std::string& root_s, const CheckpointContents& c, int keep) {
+std::string save_checkpoint(const std::string& root_s, const CheckpointContents& c, int keep, int keep_every) {
   BT_CHECK(c.config && c.table && c.params, "save_checkpoint: config, table and params are required");
   const fs::path root(root_s);
   fs::create_directories(root);
@@ -289,14 +289,15 @@ std::string save_checkpoint(const std::string& root_s, const CheckpointContents&
            ": cannot update (", std::strerror(errno), ")");
   fsync_dir(root.string());
 
-  // Keep the `keep` newest checkpoints up to this step.
+  // Keep the `keep` newest checkpoints up to this step, and those at multiples of keep_every.
   if (keep > 0) {
     std::vector<std::pair<int64_t, std::string>> older;
     for (auto& [s, d] : list_checkpoints(root_s))
       if (s < c.step) older.emplace_back(s, d);
     const size_t allowed = static_cast<size_t>(keep - 1);
     if (older.size() > allowed)
-      for (size_t i = 0; i < older.size() - allowed; ++i) remove_dir_safely(older[i].second);
+      for (size_t i = 0; i < older.size() - allowed; ++i)
+        if (keep_every <= 0 || older[i].first % keep_every != 0) remove_dir_safely(older[i].second);
     fsync_dir(root.string());
   }
   return final_dir.string();

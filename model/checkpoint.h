@@ -43,10 +43,11 @@ struct CheckpointContents {
 };
 
 // Writes ROOT/step_XXXXXXXX as described above, points ROOT/latest at it, and keeps the `keep`
-// newest checkpoints up to this step (keep <= 0 keeps all). Returns the checkpoint directory. A
-// save that fails (disk full, I/O error) removes its partial directory and leaves `latest` as it
-// was; the error says so.
-std::string save_checkpoint(const std::string& root, const CheckpointContents& c, int keep);
+// newest checkpoints up to this step (keep <= 0 keeps all) and, with keep_every > 0, every
+// checkpoint whose step is a multiple of keep_every. Returns the checkpoint directory. A save that
+// fails (disk full, I/O error) removes its partial directory and leaves `latest` as it was; the
+// error says so.
+std::string save_checkpoint(const std::string& root, const CheckpointContents& c, int keep, int keep_every = 0);
 
 // Removes leftovers of interrupted saves and deletions under ROOT (*.tmp-<pid>, *.del-<pid>,
 // latest.tmp-<pid>): those of processes that are gone, or all of them when `all` (the caller

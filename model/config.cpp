@@ -88,6 +88,7 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("data.pad_to_block_boundary", Bool, data.pad_to_block_boundary),
       BT_LEAF("data.synthetic", String, data.synthetic),
       BT_LEAF("data.verify_checksums", Bool, data.verify_checksums),
+      BT_LEAF("data.task_data", String, data.task_data),
       BT_LEAF("optim.lr", Double, optim.lr),
       BT_LEAF("optim.min_lr_ratio", Double, optim.min_lr_ratio),
       BT_LEAF("optim.warmup_steps", Int, optim.warmup_steps),
@@ -98,6 +99,7 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("optim.decay", String, optim.decay),
       BT_LEAF("optim.grad_clip", Double, optim.grad_clip),
       BT_LEAF("train.steps", Int64, train.steps),
+      BT_LEAF("train.stop_step", Int64, train.stop_step),
       BT_LEAF("train.global_batch", Int, train.global_batch),
       BT_LEAF("train.micro_batch", Int, train.micro_batch),
       BT_LEAF("train.device", String, train.device),
@@ -107,8 +109,12 @@ const std::vector<Leaf>& leaves() {
       BT_LEAF("train.log_every", Int, train.log_every),
       BT_LEAF("train.eval_every", Int, train.eval_every),
       BT_LEAF("train.eval_batches", Int, train.eval_batches),
+      BT_LEAF("train.eval_tasks", String, train.eval_tasks),
+      BT_LEAF("train.eval_tasks_every", Int, train.eval_tasks_every),
+      BT_LEAF("train.eval_tasks_limit", Double, train.eval_tasks_limit),
       BT_LEAF("train.checkpoint_every", Int, train.checkpoint_every),
       BT_LEAF("train.keep_checkpoints", Int, train.keep_checkpoints),
+      BT_LEAF("train.keep_every", Int, train.keep_every),
       BT_LEAF("train.out_dir", String, train.out_dir),
       BT_LEAF("train.deterministic", Bool, train.deterministic),
   };
@@ -663,6 +669,24 @@ void validate_impl(const Config& c, const Where& where) {
   positive(t.eval_batches, "train.eval_batches");
   // checkpoint_every 0: only at the end (and when stopped); keep_checkpoints <= 0: keep all.
   non_negative(t.checkpoint_every, "train.checkpoint_every");
+  // stop_step: the official stop_steps, a stop inside the schedule of train.steps (0: none).
+  non_negative(t.stop_step, "train.stop_step");
+  if (t.stop_step > t.steps)
+    BT_FAIL(where({"train.stop_step", "train.steps"}), "train.stop_step (", t.stop_step,
+            ") is past train.steps (", t.steps, "), the length of the lr schedule; raise train.steps or lower "
+            "train.stop_step (0: stop at train.steps)");
+  non_negative(t.keep_every, "train.keep_every");
+  if (t.keep_every > 0 && t.checkpoint_every > 0 && t.keep_every % t.checkpoint_every != 0)
+    BT_FAIL(where({"train.keep_every", "train.checkpoint_every"}), "train.keep_every (", t.keep_every,
+            ") must be a multiple of train.checkpoint_every (", t.checkpoint_every,
+            "): only steps with a checkpoint can be kept");
+  positive(t.eval_tasks_every, "train.eval_tasks_every");
+  if (!(t.eval_tasks_limit >= 0))
+    BT_FAIL(where({"train.eval_tasks_limit"}), "train.eval_tasks_limit must be >= 0 (0: every document; a count, "
+            "or a fraction below 1; got ", t.eval_tasks_limit, ")");
+  if (!t.eval_tasks.empty() && d.task_data.empty())
+    BT_FAIL(where({"data.task_data", "train.eval_tasks"}), "train.eval_tasks is set (", t.eval_tasks,
+            ") but data.task_data is empty: give the directory of the tasks' files (docs/evaluation.md)");
   if (t.out_dir.empty()) BT_FAIL(where({"train.out_dir"}), "train.out_dir must not be empty");
 }
 
@@ -865,6 +889,7 @@ std::string to_yaml(const Config& c) {
   line(fmt::format("  pad_to_block_boundary: {}", d.pad_to_block_boundary));
   line("  synthetic: " + fmt_string(d.synthetic));
   line(fmt::format("  verify_checksums: {}", d.verify_checksums));
+  line("  task_data: " + fmt_string(d.task_data));
   const OptimConfig& o = c.optim;
   line("optim:");
   line("  lr: " + fmt_double(o.lr));
@@ -879,6 +904,7 @@ std::string to_yaml(const Config& c) {
   const TrainConfig& t = c.train;
   line("train:");
   line(fmt::format("  steps: {}", t.steps));
+  line(fmt::format("  stop_step: {}", t.stop_step));
   line(fmt::format("  global_batch: {}", t.global_batch));
   line(fmt::format("  micro_batch: {}", t.micro_batch));
   line("  device: " + fmt_string(t.device));
@@ -888,8 +914,12 @@ std::string to_yaml(const Config& c) {
   line(fmt::format("  log_every: {}", t.log_every));
   line(fmt::format("  eval_every: {}", t.eval_every));
   line(fmt::format("  eval_batches: {}", t.eval_batches));
+  line("  eval_tasks: " + fmt_string(t.eval_tasks));
+  line(fmt::format("  eval_tasks_every: {}", t.eval_tasks_every));
+  line("  eval_tasks_limit: " + fmt_double(t.eval_tasks_limit));
   line(fmt::format("  checkpoint_every: {}", t.checkpoint_every));
   line(fmt::format("  keep_checkpoints: {}", t.keep_checkpoints));
+  line(fmt::format("  keep_every: {}", t.keep_every));
   line("  out_dir: " + fmt_string(t.out_dir));
   line(fmt::format("  deterministic: {}", t.deterministic));
   return y;

@@ -61,6 +61,7 @@ struct DataConfig {
   std::string synthetic;  // when train is empty: a synthetic stream (tests),
                           // "repeat:<period>[:<tokens>]" or "random[:<tokens>]" (data/token_stream.h)
   bool verify_checksums = true;  // check each shard's XXH3 against manifest.json when the run opens it
+  std::string task_data = "tasks";  // the zero-shot tasks' files (train.eval_tasks; docs/evaluation.md)
 
   friend bool operator==(const DataConfig&, const DataConfig&) = default;
 };
@@ -80,7 +81,8 @@ struct OptimConfig {
 };
 
 struct TrainConfig {
-  int64_t steps = 1000;
+  int64_t steps = 1000;   // the length of the lr schedule
+  int64_t stop_step = 0;  // stop after this step (with a checkpoint) under the schedule of `steps`; 0: at `steps`
   int global_batch = 256;
   int micro_batch = 8;
   std::string device = "auto";     // auto | cpu | cuda
@@ -90,10 +92,20 @@ struct TrainConfig {
   int log_every = 10;
   int eval_every = 1000;
   int eval_batches = 50;
+  // Zero-shot tasks during training (the official ZeroshotEvalCallback): comma-separated task
+  // names ("" = none), every eval_tasks_every steps and at the last step, on the first
+  // eval_tasks_limit documents of each (0: all; below 1: that fraction).
+  std::string eval_tasks;
+  int eval_tasks_every = 1000;
+  double eval_tasks_limit = 0;
   int checkpoint_every = 10000;  // 0: only at the end (and when stopped)
   int keep_checkpoints = 3;      // <= 0: keep all
+  int keep_every = 0;            // > 0: also keep every checkpoint whose step is a multiple of this
   std::string out_dir = "runs/default";
   bool deterministic = false;
+
+  // The step the run ends at: stop_step when set, else steps.
+  int64_t end_step() const { return stop_step > 0 ? stop_step : steps; }
 
   friend bool operator==(const TrainConfig&, const TrainConfig&) = default;
 };

@@ -1,4 +1,5 @@
-// `bt train` (train/cmd_train.cpp), added to the executable by app/commands.cpp.
+// `bt train` (train/cmd_train.cpp) and `bt sweep` (train/cmd_sweep.cpp), added to the executable by
+// app/commands.cpp.
 #pragma once
 
 namespace CLI {
@@ -7,4 +8,5 @@ class App;
 
 namespace bt {
 void add_train_command(CLI::App& app);
+void add_sweep_command(CLI::App& app);
 }  // namespace bt

@@ -146,6 +146,10 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opt)
 
   if (world > 1) sync_weights();
 
+  // Zero-shot tasks during training: the task files and the tokenizer are checked now.
+  if (comm_.rank() == 0 && !t.eval_tasks.empty())
+    tasks_ = std::make_unique<TrainTaskEval>(cfg_, loader_->source().eos_id());
+
   if (comm_.rank() == 0 && !t.out_dir.empty()) {
     write_file_atomic((fs::path(t.out_dir) / "config.yaml").string(), to_yaml(cfg_));
     metrics_ = std::make_unique<MetricsWriter>((fs::path(t.out_dir) / "metrics.jsonl").string());
@@ -282,7 +286,7 @@ std::string Trainer::save_checkpoint() {
       } catch (const Error&) {
       }
     }
-    dir = bt::save_checkpoint(checkpoint_root(), c, cfg_.train.keep_checkpoints);
+    dir = bt::save_checkpoint(checkpoint_root(), c, cfg_.train.keep_checkpoints, cfg_.train.keep_every);
     if (!topt_.quiet) log_info("checkpoint: {} ({:.2f} s)", dir, timer.seconds());
   }
   last_saved_step_ = step_;
@@ -459,9 +463,12 @@ void Trainer::log_start() const {
     log_info("  embedder {} | block decoder {} | prefix expansion {} | token decoder {}",
              format_count(double(tb.count(ParamPart::embedder))), format_count(double(tb.count(ParamPart::block_decoder))),
              format_count(double(tb.count(ParamPart::prefix))), format_count(double(tb.count(ParamPart::token_decoder))));
-  log_info("batch: global {} = micro {} x accum {} x ranks {} | {} tokens/step | {} steps", cfg_.train.global_batch,
-           cfg_.train.micro_batch, accum_, comm_.world(),
-           format_count(double(cfg_.train.global_batch) * m.context_length), cfg_.train.steps);
+  const TrainConfig& t = cfg_.train;
+  log_info("batch: global {} = micro {} x accum {} x ranks {} | {} tokens/step | {} steps{}", t.global_batch,
+           t.micro_batch, accum_, comm_.world(), format_count(double(t.global_batch) * m.context_length), t.steps,
+           t.stop_step > 0 && t.stop_step < t.steps
+               ? fmt::format(" (lr schedule), stopping after step {} (train.stop_step)", t.stop_step)
+               : std::string());
   log_info("data: {} tokens in {} windows/epoch", format_count(double(loader_->stream_tokens())),
            loader_->windows_per_epoch());
 }
@@ -546,14 +553,25 @@ void Trainer::run() {
     if (comm_.world() > 1) comm_.all_reduce_host(&flag, 1, ReduceOp::sum);  // every rank stops at the same step
     return flag > 0;
   };
-  if (step_ >= t.steps) {
-    BT_CHECK(step_ == t.steps, "the checkpoint is at step ", step_, ", past train.steps = ", t.steps,
+  // The run ends at train.stop_step (the official stop_steps) when set, else at train.steps; the lr
+  // schedule is always that of train.steps.
+  const int64_t end = t.end_step();
+  if (step_ >= end) {
+    BT_CHECK(step_ <= t.steps, "the checkpoint is at step ", step_, ", past train.steps = ", t.steps,
              ": raise train.steps (e.g. train.steps=", 2 * step_, ") to continue training, or resume an earlier "
              "checkpoint");
-    if (step_ > 0 && !topt_.quiet)
-      log_info("the run is already at train.steps = {}: nothing to train (raise train.steps to go on)", step_);
+    BT_CHECK(step_ == end, "the checkpoint is at step ", step_, ", past train.stop_step = ", t.stop_step,
+             ": raise train.stop_step (0: train to train.steps = ", t.steps, ") to continue, or resume an earlier "
+             "checkpoint");
+    if (step_ > 0 && !topt_.quiet) {
+      if (end < t.steps)
+        log_info("the run is already at train.stop_step = {} (of the {}-step schedule): nothing to train (raise "
+                 "train.stop_step, or set it to 0, to go on)", step_, t.steps);
+      else
+        log_info("the run is already at train.steps = {}: nothing to train (raise train.steps to go on)", step_);
+    }
   }
-  while (step_ < t.steps) {
+  while (step_ < end) {
     const bool by_signal = stop_now();
     if (by_signal || (topt_.stop_after >= 0 && step_ - start >= topt_.stop_after)) {
       if (!topt_.quiet)
@@ -566,11 +584,11 @@ void Trainer::run() {
     const double loss = train_step();
     if (topt_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(topt_.step_delay_ms));
     ++window_steps;
-    const bool last = step_ == t.steps;
+    const bool last = step_ == end;
     if (step_ % t.log_every == 0 || last || step_ == 1) {
       const double dt = window.seconds() / double(window_steps);
       const double tps = tokens_per_step / dt;
-      const double eta = dt * double(t.steps - step_);
+      const double eta = dt * double(end - step_);
       const double lr = lr_at(cfg_.optim, step_ - 1, t.steps);
       // Model FLOP/s of this rank (tokens/s is global): MFU against the device's dense peak.
       const double flops = tps / comm_.world() * flops_per_token;
@@ -578,7 +596,7 @@ void Trainer::run() {
       const double mem_gib = double(memory_in_use(*backend_)) / double(1ull << 30);
       if (!topt_.quiet)
         log_info("step {:>6}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s | {} | mem {:.2f} GiB | ETA {}",
-                 step_, t.steps, loss, lr, last_grad_norm_, format_count(tps),
+                 step_, end, loss, lr, last_grad_norm_, format_count(tps),
                  mfu >= 0 ? fmt::format("MFU {:.1f}%", 100 * mfu) : fmt::format("{:.1f} GFLOP/s", flops / 1e9),
                  mem_gib, format_duration(eta));
       if (metrics_)
@@ -623,6 +641,11 @@ void Trainer::run() {
       window.reset();
       window_steps = 0;
     }
+    if (!t.eval_tasks.empty() && (step_ % t.eval_tasks_every == 0 || last)) {
+      evaluate_tasks();
+      window.reset();
+      window_steps = 0;
+    }
     if (t.checkpoint_every > 0 && (step_ % t.checkpoint_every == 0 || last)) {
       save_checkpoint();
       window.reset();
@@ -630,6 +653,24 @@ void Trainer::run() {
     }
   }
   if (step_ > 0 && last_saved_step_ != step_ && !cfg_.train.out_dir.empty()) save_checkpoint();
+  if (end < t.steps && step_ > start && !topt_.quiet)
+    log_info("stopped at train.stop_step = {} of the {}-step lr schedule (lr {:.3e}); raise train.stop_step and "
+             "--resume auto to go on", step_, t.steps, lr_at(cfg_.optim, step_ - 1, t.steps));
+}
+
+void Trainer::evaluate_tasks() {
+  // Rank 0 scores the tasks; the others wait for it (the official callback runs on the main
+  // process only).
+  if (tasks_) {
+    double seconds = 0;
+    const nlohmann::json r = tasks_->run(*model_, &seconds);
+    if (!topt_.quiet) log_info("tasks {:>6} | {} | {:.1f} s", step_, TrainTaskEval::summary(r), seconds);
+    if (metrics_) metrics_->write({{"step", step_}, {"eval_tasks", r}, {"eval_tasks_seconds", seconds}});
+    if (tb_)
+      for (const auto& [task, metrics] : r.items())
+        for (const auto& [metric, v] : metrics.items()) tb_->add_scalar("tasks/" + task + "/" + metric, v, step_);
+  }
+  comm_.barrier();
 }
 
 }  // namespace bt

@@ -18,6 +18,7 @@
 #include "train/metrics.h"
 #include "train/run_lock.h"
 #include "train/tensorboard.h"
+#include "train/train_tasks.h"
 
 namespace bt {
 
@@ -41,7 +42,8 @@ class Trainer {
  public:
   Trainer(const Config& cfg, Communicator& comm, TrainOptions opt = {});
   ~Trainer();
-  // Trains from the current step to train.steps (or stop_after more steps).
+  // Trains from the current step to train.stop_step (when set, else train.steps; or stop_after
+  // more steps), under the lr schedule of train.steps.
   void run();
   // One optimizer step; returns the mean training loss over the global batch.
   double train_step();
@@ -71,6 +73,7 @@ class Trainer {
 
  private:
   void log_start() const;
+  void evaluate_tasks();
   void sync_weights();
   size_t allocated_bytes() const;
   void plan_memory(size_t model_bytes);
@@ -94,6 +97,7 @@ class Trainer {
   std::unique_ptr<ZeroShard> zero_;       // train.zero = 1 on several ranks
   std::unique_ptr<MetricsWriter> metrics_;  // rank 0 only
   std::unique_ptr<TensorBoardWriter> tb_;    // rank 0 only: out_dir/tensorboard
+  std::unique_ptr<TrainTaskEval> tasks_;     // rank 0 only: train.eval_tasks
   int accum_ = 1;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;    // non-pad tokens consumed by training steps, all ranks

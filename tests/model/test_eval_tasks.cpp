@@ -507,6 +507,16 @@ class EvalCli : public testing::Test {
     EXPECT_EQ(rc, 0) << args << "\n" << out;
     return out;
   }
+  // `docs` short documents tokenized with the byte tokenizer into dir_/data (val_fraction of them
+  // held out); returns that directory.
+  std::string byte_corpus(int docs, double val_fraction) {
+    std::ofstream txt(dir_ / "corpus.txt");
+    for (int d = 0; d < docs; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
+    txt.close();
+    ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction " +
+       std::to_string(val_fraction) + " --no-progress --out " + (dir_ / "data").string());
+    return (dir_ / "data").string();
+  }
   // A checkpoint directory holding the bigram weights of `m`.
   std::string checkpoint(const ModelConfig& m, const std::string& name) {
     Config c;
@@ -605,11 +615,7 @@ TEST_F(EvalCli, BlockContextModesAndBadInput) {
 
 TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
   // 40 short documents of the byte tokenizer: many windows of 64 tokens with a partial last batch.
-  std::ofstream txt(dir_ / "corpus.txt");
-  for (int d = 0; d < 40; ++d) txt << "document " << d << ": the quick brown fox jumps over the lazy dog\n\n";
-  txt.close();
-  ok("prepare --input " + (dir_ / "corpus.txt").string() + " --tokenizer byte --val-fraction 0.5 --no-progress --out " +
-     (dir_ / "data").string());
+  byte_corpus(40, 0.5);
   const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
   double first = 0;
   int64_t windows = 0;
@@ -630,6 +636,184 @@ TEST_F(EvalCli, DataLossDoesNotDependOnTheBatchSize) {
       EXPECT_NEAR(j["loss"].get<double>(), first, 1e-6) << "batch " << batch;
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// bt eval --by-position against losses counted by hand: one document of 138 bytes (two whole
+// windows of 64 and a remainder of 10, which is dropped) that follows the bigram's successor chain
+// (a -> b .. z -> ' ' -> a) except for a 'Q' at positions 10 and 40 of each window (those and the
+// positions after them cost O, every other predicted position S), and one document of 30 bytes,
+// shorter than a window (skipped).
+class ByPosition : public EvalCli {
+ protected:
+  std::string prepare_corpus() {
+    const std::string cycle = "abcdefghijklmnopqrstuvwxyz ";
+    std::string doc;
+    for (int i = 0; i < 138; ++i) doc += (i % 64 == 10 || i % 64 == 40) ? 'Q' : cycle[i % 27];
+    std::ofstream txt(dir_ / "long.txt");
+    txt << doc << "\n" << std::string(30, 'a') << "\n";
+    txt.close();
+    ok("prepare --input " + (dir_ / "long.txt").string() + " --tokenizer byte --doc-split line --val-fraction 0 " +
+       "--no-progress --out " + (dir_ / "long").string());
+    return "'" + (dir_ / "long").string() + "/train-*.h5'";
+  }
+  nlohmann::json by_position(const std::string& ckpt, const std::string& data, int batch) {
+    const std::string o = ok("eval --ckpt " + ckpt + " --data " + data + " --by-position 16 --device cpu --json " +
+                             "--precision fp64 --batch-size " + std::to_string(batch));
+    return nlohmann::json::parse(o.substr(o.find('{')));
+  }
+};
+
+TEST_F(ByPosition, VanillaAndBlockLossPerBucketAsCountedByHand) {
+  const std::string data = prepare_corpus();
+  for (const bool block : {false, true}) {
+    SCOPED_TRACE(block ? "block" : "vanilla");
+    const std::string ckpt = checkpoint(block ? block_cfg() : vanilla_cfg(), block ? "block" : "vanilla");
+    for (int batch : {1, 3}) {
+      const nlohmann::json j = by_position(ckpt, data, batch);
+      EXPECT_EQ(j["windows"], 2);
+      EXPECT_EQ(j["documents"], 1);
+      EXPECT_EQ(j["skipped_documents"], 1);
+      ASSERT_EQ(j["buckets"].size(), 4u) << j.dump();
+      // Bucket 0: positions 1..15 (vanilla) or 4..15 (block: the first block has no prediction),
+      // two of them (10, 11) cost O; buckets 2 (32..47) holds 40 and 41.
+      const double first_s = block ? 10 : 13, first_n = block ? 12 : 15;
+      const double want[4] = {-(first_s * S + 2 * O) / first_n, -S, -(14 * S + 2 * O) / 16, -S};
+      const int64_t targets[4] = {2 * int64_t(first_n), 32, 32, 32};
+      for (int k = 0; k < 4; ++k) {
+        EXPECT_EQ(j["buckets"][k]["start"], 16 * k);
+        EXPECT_EQ(j["buckets"][k]["end"], 16 * k + 16);
+        // 1e-6: the checkpoint holds the weights in float (a position counted wrong moves a bucket by > 0.4)
+        EXPECT_NEAR(j["buckets"][k]["loss"].get<double>(), want[k], 1e-6) << "bucket " << k;
+        EXPECT_EQ(j["buckets"][k]["targets"], targets[k]) << "bucket " << k;
+      }
+      EXPECT_NEAR(j["loss"].get<double>(), -((first_s + 46) * S + 4 * O) / (first_n + 48), 1e-6);
+    }
+  }
+}
+
+TEST_F(ByPosition, OutputFileAndBadInput) {
+  const std::string data = prepare_corpus();
+  const std::string ckpt = checkpoint(vanilla_cfg(), "vanilla");
+  const fs::path out = dir_ / "out" / "by_position.json";
+  const std::string table = ok("eval --ckpt " + ckpt + " --data " + data + " --by-position 32 --device cpu --output " +
+                               out.string());
+  EXPECT_NE(table.find("2 windows of 64 tokens from 1 documents (1 shorter skipped)"), std::string::npos) << table;
+  std::ifstream in(out);
+  ASSERT_TRUE(in) << "no " << out;
+  EXPECT_EQ(nlohmann::json::parse(in)["buckets"].size(), 2u);
+  auto [rc, msg] = run("eval --ckpt " + ckpt + " --data " + data + " --by-position 0 --device cpu");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("--by-position BUCKET must be >= 1"), std::string::npos) << msg;
+  std::tie(rc, msg) = run("eval --ckpt " + ckpt + " --data " + data +
+                          " --by-position 8 --device cpu model.context_length=256");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("no document of"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("holds a window of model.context_length = 256 tokens (2 shorter documents skipped)"),
+            std::string::npos) << msg;
+}
+
+}  // namespace
+
+namespace {
+
+// bt eval --run: every checkpoint of a run in one table, each row equal to bt eval --ckpt of that
+// checkpoint; with --task the task metrics join the row.
+TEST_F(EvalCli, RunEvaluatesEveryCheckpointIntoOneTable) {
+  byte_corpus(60, 0.2);
+  const std::string run_dir = (dir_ / "run").string();
+  ok("train --config " + src_dir() + "/configs/tiny/vanilla.yaml model.vocab_size=257 model.context_length=32 " +
+     "'model.decoder={layers: 1, dim: 32, heads: 2}' train.global_batch=4 train.micro_batch=4 train.steps=4 " +
+     "train.checkpoint_every=2 train.keep_checkpoints=0 train.eval_batches=2 train.device=cpu 'data.train=" +
+     (dir_ / "data").string() + "/train-*.h5' 'data.val=" + (dir_ / "data").string() + "/val-*.h5' train.out_dir=" +
+     run_dir);
+  const fs::path csv = dir_ / "run_eval.csv";
+  const std::string table = ok("eval --run " + run_dir + " --device cpu --task piqa --task-data " + task_dir() +
+                               " --data '" + (dir_ / "data").string() + "/val-*.h5' --output " + csv.string());
+  EXPECT_NE(table.find("| step | tokens | val_loss | ppl | piqa/acc | piqa/acc_norm |"), std::string::npos) << table;
+  std::ifstream in(csv);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header, "step,tokens,val_loss,ppl,piqa/acc,piqa/acc_norm");
+  for (int step : {2, 4}) {
+    ASSERT_TRUE(std::getline(in, row)) << "no row for step " << step;
+    EXPECT_EQ(row.substr(0, row.find(',')), std::to_string(step));
+    // tokens = steps x global batch x context length
+    EXPECT_EQ(row.substr(row.find(',') + 1, row.find(',', row.find(',') + 1) - row.find(',') - 1),
+              std::to_string(step * 4 * 32));
+    const std::string o = ok("eval --ckpt " + run_dir + "/checkpoints/step_0000000" + std::to_string(step) +
+                             " --device cpu --json");
+    const double loss = nlohmann::json::parse(o.substr(o.find('{')))["loss"].get<double>();
+    const size_t c2 = row.find(',', row.find(',') + 1);
+    EXPECT_NEAR(std::stod(row.substr(c2 + 1)), loss, 1e-6) << row;
+  }
+  EXPECT_FALSE(std::getline(in, row)) << "one row per checkpoint: " << row;
+  auto [rc, msg] = run("eval --run " + (dir_ / "nothing").string() + " --device cpu");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("no complete checkpoint under"), std::string::npos) << msg;
+  std::tie(rc, msg) = run("eval --run " + run_dir + " --ckpt " + run_dir + " --device cpu");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("drop --ckpt"), std::string::npos) << msg;
+}
+
+}  // namespace
+
+namespace {
+
+// train.eval_tasks: the tasks scored during training (every train.eval_tasks_every steps and at
+// the last) equal bt eval --task on the checkpoint of that step, and go to metrics.jsonl and
+// TensorBoard.
+TEST_F(EvalCli, TasksDuringTrainingEqualBtEvalOnTheCheckpoints) {
+  byte_corpus(60, 0.2);
+  const std::string run_dir = (dir_ / "run").string();
+  const std::string out = ok(
+      "train --config " + src_dir() + "/configs/tiny/block_b4.yaml model.vocab_size=257 model.context_length=32 " +
+      "model.embedder.dim=8 'model.block_decoder={layers: 1, dim: 32, heads: 2}' "
+      "'model.token_decoder={layers: 1, dim: 32, heads: 2, prefix_length: 2}' train.global_batch=4 "
+      "train.micro_batch=4 train.steps=5 train.checkpoint_every=2 train.keep_checkpoints=0 train.eval_batches=1 "
+      "train.device=cpu train.eval_tasks=piqa,lambada_openai train.eval_tasks_every=2 data.task_data=" +
+      task_dir() + " 'data.train=" + (dir_ / "data").string() + "/train-*.h5' 'data.val=" + (dir_ / "data").string() +
+      "/val-*.h5' train.out_dir=" + run_dir);
+  EXPECT_NE(out.find("tasks      2 | lambada_openai acc"), std::string::npos) << out;
+  std::map<int64_t, nlohmann::json> logged;
+  std::ifstream m(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(m, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("eval_tasks")) logged[j["step"].get<int64_t>()] = j["eval_tasks"];
+  }
+  ASSERT_EQ(logged.size(), 3u) << "steps 2, 4 and the last, 5";
+  for (int64_t step : {2, 4, 5}) {
+    ASSERT_TRUE(logged.count(step)) << step;
+    const std::string o = ok("eval --ckpt " + run_dir + "/checkpoints/step_0000000" + std::to_string(step) +
+                             " --task piqa,lambada_openai --task-data " + task_dir() +
+                             " --device cpu --bootstrap-iters 0 --json");
+    const auto r = nlohmann::json::parse(o.substr(o.find('{')))["results"];
+    for (const char* task : {"piqa", "lambada_openai"})
+      for (const auto& [k, v] : r[task].items()) {
+        if (!v.is_number() || k.find("_stderr") != std::string::npos) continue;
+        const std::string metric = k.substr(0, k.find(','));
+        ASSERT_TRUE(logged[step][task].contains(metric)) << step << " " << task << " " << metric;
+        EXPECT_NEAR(logged[step][task][metric].get<double>(), v.get<double>(), 1e-9 * std::abs(v.get<double>()))
+            << "step " << step << " " << task << " " << metric;
+      }
+  }
+  // TensorBoard: one scalar per task metric (the tag's bytes are in the event file).
+  std::string events;
+  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "tensorboard")) {
+    std::ifstream in(e.path(), std::ios::binary);
+    events += std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  for (const char* tag : {"tasks/piqa/acc", "tasks/piqa/acc_norm", "tasks/lambada_openai/perplexity"})
+    EXPECT_NE(events.find(tag), std::string::npos) << tag;
+  // A task name that does not exist stops the run before its first step.
+  auto [rc, msg] = run("train --config " + run_dir + "/config.yaml train.eval_tasks=piqaa train.out_dir=" +
+                       (dir_ / "run2").string());
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(msg.find("unknown task 'piqaa'"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(dir_ / "run2" / "metrics.jsonl"));
 }
 
 }  // namespace

@@ -82,6 +82,19 @@ def skip(why):
     sys.exit(77)
 
 
+def finish(tmp):
+    """Removes the test's directory (kept with BT_SLURM_TEST_KEEP=1, or after a failure), then exits 1
+    naming the failed checks, or says that all passed."""
+    if os.environ.get("BT_SLURM_TEST_KEEP") == "1" or FAILURES:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if FAILURES:
+        print("FAILED:", ", ".join(FAILURES))
+        sys.exit(1)
+    print("all checks passed")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +170,16 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe
                 return
             time.sleep(0.5)
         raise RuntimeError("the Slurm node did not come up:\n" + self.tail("slurmctld.log") + self.tail("slurmd.log"))
+
+    def start_or_skip(self):
+        """start(), or skip the test (with the daemons' logs) when the daemons do not come up."""
+        t0 = time.time()
+        try:
+            self.start()
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
+            print(self.tail("munged.log") + self.tail("slurmctld.log") + self.tail("slurmd.log"))
+            skip(f"the Slurm daemons did not start ({e})")
+        print(f"Slurm up in {time.time() - t0:.1f} s ({self.conf})", flush=True)
 
     def tail(self, name, n=15):
         try:
@@ -303,12 +326,7 @@ def main():
     os.makedirs(cluster.root)
     t_start = time.time()
     try:
-        try:
-            cluster.start()
-        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
-            print(cluster.tail("munged.log") + cluster.tail("slurmctld.log") + cluster.tail("slurmd.log"))
-            skip(f"the Slurm daemons did not start ({e})")
-        print(f"Slurm up in {time.time() - t_start:.1f} s ({cluster.conf})", flush=True)
+        cluster.start_or_skip()
         wrapper = os.path.join(tmp, "bt-wrapper.sh")
         with open(wrapper, "w") as f:
             f.write(WRAPPER)
@@ -437,14 +455,7 @@ def main():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if os.environ.get("BT_SLURM_TEST_KEEP") == "1":
-            print(f"kept {tmp} (BT_SLURM_TEST_KEEP=1)")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if FAILURES:
-        print("FAILED:", ", ".join(FAILURES))
-        sys.exit(1)
-    print("all checks passed")
+    finish(tmp)
 
 
 if __name__ == "__main__":

@@ -292,6 +292,22 @@ TEST(Config, InvariantsNameTheKeyAndLine) {
             "x.yaml:16: optim.min_lr_ratio must be in [0, 1] (got 1.5)");
   EXPECT_EQ(parse_error(std::string(kBlock) + "optim:\n  betas: [0.9, 1.0]\n"),
             "x.yaml:16: optim.betas must both be in [0, 1) (got [0.9, 1])");
+  // train.stop_step: a stop inside the schedule of train.steps
+  EXPECT_EQ(parse_error(with("micro_batch: 4", "micro_batch: 4\n  steps: 100\n  stop_step: 101")),
+            "x.yaml:16: train.stop_step (101) is past train.steps (100), the length of the lr schedule; raise "
+            "train.steps or lower train.stop_step (0: stop at train.steps)");
+  EXPECT_EQ(parse(with("micro_batch: 4", "micro_batch: 4\n  steps: 100\n  stop_step: 40")).train.end_step(), 40);
+  EXPECT_EQ(parse(with("micro_batch: 4", "micro_batch: 4\n  steps: 100")).train.end_step(), 100);
+  EXPECT_EQ(parse_error(with("micro_batch: 4", "micro_batch: 4\n  checkpoint_every: 30\n  keep_every: 100")),
+            "x.yaml:16: train.keep_every (100) must be a multiple of train.checkpoint_every (30): only steps with a "
+            "checkpoint can be kept");
+  EXPECT_EQ(parse_error(with("micro_batch: 4", "micro_batch: 4\n  eval_tasks: piqa",
+                             with("  train: shards/train-*.h5\n", "  train: shards/train-*.h5\n  task_data: \"\"\n"))),
+            "x.yaml:12: train.eval_tasks is set (piqa) but data.task_data is empty: give the directory of the tasks' "
+            "files (docs/evaluation.md)");
+  EXPECT_EQ(parse_error(with("micro_batch: 4", "micro_batch: 4\n  eval_tasks_limit: -1")),
+            "x.yaml:15: train.eval_tasks_limit must be >= 0 (0: every document; a count, or a fraction below 1; "
+            "got -1)");
   // A key the file does not have: the file name only.
   EXPECT_EQ(parse_error(with("  block_decoder: {layers: 2, dim: 64, heads: 2}\n", "")),
             "x.yaml: model.block_decoder.layers must be positive (got 0)");
@@ -450,6 +466,7 @@ TEST(Config, RoundTripEveryFieldChanged) {
   c.model.layernorm_eps = 1.0 / 3.0 * 1e-6;
   c.model.init_std = 0.1 + 0.2;  // 0.30000000000000004
   c.data = {"a/train-*.h5", "*.h5", true, true, "repeat:9"};
+  c.data.task_data = "task files";
   c.optim.lr = 1e-3 / 7;
   c.optim.min_lr_ratio = 0;
   c.optim.warmup_steps = 0;
@@ -461,6 +478,11 @@ TEST(Config, RoundTripEveryFieldChanged) {
   c.optim.decay = "matrices";
   c.optim.grad_clip = 0;
   c.train.steps = 1ll << 40;
+  c.train.stop_step = 1ll << 39;
+  c.train.eval_tasks = "piqa,arc_easy";
+  c.train.eval_tasks_every = 5;
+  c.train.eval_tasks_limit = 0.25;
+  c.train.keep_every = 9;
   c.train.global_batch = 12;
   c.train.micro_batch = 3;
   c.train.device = "cpu";
@@ -535,132 +557,15 @@ TEST(ConfigFiles, EveryFileLoadsValidatesAndRoundTrips) {
     EXPECT_NO_THROW(bt::validate(c));
     Config back = bt::parse_config(bt::to_yaml(c), c.source);
     EXPECT_EQ(back, c);
-    std::string stem = f.stem().string();
-    // The main recipe: the main results and the block-length ablation (the official variants and
-    // uptraining runs are checked in OfficialVariantsAndUptraining).
-    const bool variant = stem.rfind("block_ablation_", 0) == 0 || stem.rfind("block_megabyte_", 0) == 0 ||
-                         stem.rfind("block_uptrain_", 0) == 0;
+    const std::string stem = f.stem().string();
+    // The values of each paper file against the official configs: tests/unit/test_paper_configs.py.
     if (f.parent_path().filename() == "paper") {
       EXPECT_EQ(c.name, stem);
       EXPECT_EQ(c.train.out_dir, "runs/" + stem);
-      EXPECT_EQ(c.model.vocab_size, 50304);
-      EXPECT_EQ(c.model.context_length, 2048);
-      EXPECT_EQ(c.train.precision, "bf16");
       EXPECT_EQ(c.data.train, "data/pile/train-*.h5");
       EXPECT_EQ(c.data.val, "data/pile/val-*.h5");
-      if (c.model.is_block()) {
-        EXPECT_TRUE(c.data.random_pad_first_block);
-        EXPECT_TRUE(c.data.pad_to_block_boundary);
-        // the official head-dim rule: 32 up to width 256, 64 up to 1536, else 128; ffn 4 x
-        for (const bt::DecoderConfig* d : {&c.model.block_decoder, &c.model.token_decoder}) {
-          EXPECT_EQ(d->dim / d->heads, d->dim <= 256 ? 32 : d->dim <= 1536 ? 64 : 128) << d->dim;
-          EXPECT_EQ(d->ffn_dim, 4 * d->dim);
-        }
-      }
-      if (variant) continue;
-      // 300B tokens.
-      EXPECT_EQ(c.train.steps, std::llround(300e9 / (c.train.global_batch * 2048.0)));
-      EXPECT_EQ(c.optim.warmup_steps, c.train.global_batch == 512 ? 1500 : 3000);
-      EXPECT_DOUBLE_EQ(c.optim.min_lr_ratio, 0.1);
-      EXPECT_DOUBLE_EQ(c.optim.beta1, 0.9);
-      EXPECT_DOUBLE_EQ(c.optim.beta2, 0.95);
-      EXPECT_DOUBLE_EQ(c.optim.weight_decay, 0.1);
-      EXPECT_DOUBLE_EQ(c.optim.grad_clip, 1.0);
-      if (c.model.is_block()) {
-        EXPECT_EQ(c.model.token_decoder.prefix_length, 2);
-        EXPECT_EQ(c.model.block_decoder,
-                  (bt::DecoderConfig{c.model.token_decoder.layers, c.model.token_decoder.dim,
-                                     c.model.token_decoder.heads, c.model.token_decoder.ffn_dim, 0}));
-        EXPECT_EQ(c.model.projection_method, "concat");
-        EXPECT_EQ(c.model.decoding_strategy, "prefix");
-      }
+      EXPECT_GT(c.train.stop_step, 0) << "the official files all carry stop_steps";
     }
-  }
-}
-
-// The official configs the variants make possible (conf/trainer of itsnamgyu/block-transformer of
-// the same names): the ablation, the MEGABYTE-style summation models, the uptraining runs.
-TEST(ConfigFiles, OfficialVariantsAndUptraining) {
-  struct Row {
-    const char* name;
-    const char* method;
-    const char* strategy;
-    int emb, block_layers, block_dim, token_layers, token_dim, R;
-    double lr;
-    int64_t steps;
-    int global_batch, warmup;
-  };
-  const Row rows[] = {
-      {"block_ablation_b4_85_lookup_prefix", "concat", "prefix", 192, 6, 768, 6, 768, 1, 6e-4, 572205, 256, 3000},
-      {"block_megabyte_b4_5", "concat", "summation", 64, 5, 256, 4, 128, 4, 1e-3, 572205, 256, 3000},
-      {"block_megabyte_b4_19", "concat", "summation", 128, 5, 512, 4, 256, 4, 1e-3, 572205, 256, 3000},
-      {"block_megabyte_b4_85", "concat", "summation", 192, 11, 768, 4, 512, 4, 6e-4, 572205, 256, 3000},
-      {"block_uptrain_b4_85_10", "projection_layer", "prefix", 768, 6, 768, 6, 768, 2, 6e-4, 57200, 256, 3000},
-      {"block_uptrain_b4_300_10", "projection_layer", "prefix", 1024, 12, 1024, 12, 1024, 2, 3e-4, 57200, 256, 3000},
-      {"block_uptrain_b4_800_10", "projection_layer", "prefix", 2048, 8, 2048, 8, 2048, 2, 3e-4, 28600, 512, 1500},
-  };
-  for (const Row& r : rows) {
-    SCOPED_TRACE(r.name);
-    Config c = bt::load_config((source_dir() / "configs/paper" / (std::string(r.name) + ".yaml")).string());
-    EXPECT_EQ(c.model.projection_method, r.method);
-    EXPECT_EQ(c.model.decoding_strategy, r.strategy);
-    EXPECT_EQ(c.model.embedder_dim, r.emb);
-    EXPECT_EQ(c.model.block_decoder.layers, r.block_layers);
-    EXPECT_EQ(c.model.block_decoder.dim, r.block_dim);
-    EXPECT_EQ(c.model.token_decoder.layers, r.token_layers);
-    EXPECT_EQ(c.model.token_decoder.dim, r.token_dim);
-    EXPECT_EQ(c.model.token_decoder.prefix_length, r.R);
-    EXPECT_DOUBLE_EQ(c.optim.lr, r.lr);
-    EXPECT_EQ(c.train.steps, r.steps);
-    EXPECT_EQ(c.train.global_batch, r.global_batch);
-    EXPECT_EQ(c.optim.warmup_steps, r.warmup);
-    const bool up = std::string(r.name).rfind("block_uptrain_", 0) == 0;
-    EXPECT_EQ(c.load_from_vanilla.enable, up);
-    if (up) {
-      EXPECT_EQ(c.load_from_vanilla.method, "partition");
-      EXPECT_TRUE(c.load_from_vanilla.initialize_mean_embedder_projection);
-      EXPECT_TRUE(c.load_from_vanilla.initialize_identity_expansion_layer);
-    }
-  }
-}
-
-TEST(ConfigFiles, PaperTable) {
-  struct Row {
-    const char* name;
-    int block_length, emb, layers, dim, heads, global_batch;
-    double lr;
-  };
-  const Row rows[] = {
-      {"block_main_b4_5", 4, 64, 3, 256, 8, 256, 1e-3},
-      {"block_main_b4_19", 4, 128, 3, 512, 8, 256, 1e-3},
-      {"block_main_b4_85", 4, 192, 6, 768, 12, 256, 6e-4},
-      {"block_main_b4_300", 4, 256, 12, 1024, 16, 256, 3e-4},
-      {"block_main_b4_800", 4, 512, 8, 2048, 16, 512, 3e-4},
-      {"block_main_b4_1.2b", 4, 512, 12, 2048, 16, 512, 2e-4},
-      {"block_b1_85", 1, 768, 6, 768, 12, 256, 6e-4},
-      {"block_b2_85", 2, 384, 6, 768, 12, 256, 6e-4},
-      {"block_b4_85", 4, 192, 6, 768, 12, 256, 6e-4},
-      {"block_b8_85", 8, 96, 6, 768, 12, 256, 6e-4},
-      {"vanilla_31", 0, 0, 6, 256, 8, 256, 1e-3},
-      {"vanilla_70", 0, 0, 6, 512, 8, 256, 1e-3},
-      {"vanilla_160", 0, 0, 12, 768, 12, 256, 6e-4},
-      {"vanilla_410", 0, 0, 24, 1024, 16, 256, 3e-4},
-  };
-  for (const Row& r : rows) {
-    SCOPED_TRACE(r.name);
-    Config c = bt::load_config((source_dir() / "configs/paper" / (std::string(r.name) + ".yaml")).string());
-    const bt::DecoderConfig& d = r.block_length ? c.model.token_decoder : c.model.decoder;
-    EXPECT_EQ(c.model.kind, r.block_length ? "block" : "vanilla");
-    if (r.block_length) {
-      EXPECT_EQ(c.model.block_length, r.block_length);
-      EXPECT_EQ(c.model.embedder_dim, r.emb);
-    }
-    EXPECT_EQ(d.layers, r.layers);
-    EXPECT_EQ(d.dim, r.dim);
-    EXPECT_EQ(d.heads, r.heads);
-    EXPECT_EQ(d.ffn_dim, 4 * r.dim);
-    EXPECT_EQ(c.train.global_batch, r.global_batch);
-    EXPECT_DOUBLE_EQ(c.optim.lr, r.lr);
   }
 }
 
@@ -671,7 +576,9 @@ TEST(ConfigFiles, NonEmbeddingParameterCounts) {
       {"block_main_b4_300", 302.3}, {"block_main_b4_800", 805.7}, {"block_main_b4_1.2b", 1208.6},
       {"vanilla_31", 4.74},         {"vanilla_70", 18.9},         {"vanilla_160", 85.1},
       {"vanilla_410", 302.3},       {"block_b1_85", 85.1},        {"block_b2_85", 85.1},
-      {"block_b4_85", 85.1},        {"block_b8_85", 85.1},
+      {"block_b4_85", 85.1},        {"block_b8_85", 85.1},        {"block_vanilla_ablation_b1_85", 85.1},
+      {"block_main_b4_85_flop_v70", 85.1}, {"block_main_b4_300_flop_v70", 302.3},
+      {"block_main_b4_800_flop_v70", 805.7}, {"block_main_b4_1.2b_flop_v70", 1208.6},
   };
   for (const auto& [name, expect] : millions) {
     SCOPED_TRACE(name);
